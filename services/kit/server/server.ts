@@ -1,0 +1,282 @@
+import { readFileSync } from "node:fs";
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import type { TLSSocket } from "node:tls";
+import type { AddressInfo } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
+import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import { Health } from "../../../gen/health/v1/health_pb.js";
+import type { TlsConfig } from "../config.js";
+import { contextInterceptor, errorInterceptor, observeInterceptor } from "../interceptors.js";
+import type { Logger } from "../telemetry/logger.js";
+import { createServiceMetrics, type ServiceMetrics } from "../telemetry/metrics.js";
+import { createAdminServer } from "./admin.js";
+import { createGrpcFastPath } from "./grpc-fast-path.js";
+import { HealthRegistry, ServingStatus, healthHandlers } from "./health.js";
+import { REFLECTION_SERVICES, ReflectionIndex, reflectionHandlers } from "./reflection.js";
+
+export interface ServiceRegistration {
+  service: DescService;
+  // Handlers are typed by the caller against their own descriptor.
+  impl: Partial<ServiceImpl<DescService>>;
+}
+
+/** Pairs a service descriptor with its handlers, keeping the handlers typed at the call site. */
+export function registration<S extends DescService>(service: S, impl: Partial<ServiceImpl<S>>): ServiceRegistration {
+  return { service, impl: impl as unknown as ServiceRegistration["impl"] };
+}
+
+export interface OrcaServerOptions {
+  /** Short name for logs and metrics, e.g. "lock". */
+  name: string;
+  host: string;
+  port: number;
+  adminPort: number;
+  services: ServiceRegistration[];
+  logger: Logger;
+  metrics?: ServiceMetrics;
+  tls?: TlsConfig;
+  shutdownGraceMs: number;
+  maxMessageBytes: number;
+  /** Serve unary gRPC (protobuf) calls on the kit's fast path. */
+  fastPath: boolean;
+  /** Extra interceptors (auth, rate limits), run between observe and error mapping. */
+  interceptors?: Interceptor[];
+  /** Returns a problem description when a dependency is not ready, undefined when all is well. */
+  readiness?: () => Promise<string | undefined>;
+}
+
+export interface Endpoints {
+  port: number;
+  adminPort: number;
+  url: string;
+}
+
+const PREFACE = "PRI * HTTP/2.0";
+
+/**
+ * One port that speaks gRPC, gRPC-Web and Connect (h2c by default, as Istio sidecars expect;
+ * HTTP/1.1 on the same port for Connect and gRPC-Web from browsers and curl; TLS 1.3 when
+ * certificates are configured), plus the admin port. Health and reflection are always served.
+ */
+export class OrcaServer {
+  readonly health = new HealthRegistry();
+  readonly metrics: ServiceMetrics;
+  private readonly shutdownController = new AbortController();
+  private readonly listener: net.Server;
+  private readonly h2: http2.Http2Server | http2.Http2SecureServer;
+  private readonly adminServer: http.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly sessions = new Set<http2.Http2Session>();
+  private readonly streamingPaths = new Set<string>();
+  private inFlight = 0;
+  private draining = false;
+  private drained?: () => void;
+  private endpoints?: Endpoints;
+
+  constructor(private readonly options: OrcaServerOptions) {
+    this.metrics = options.metrics ?? createServiceMetrics(options.name);
+    const serviceNames = options.services.map((s) => s.service.typeName);
+    const reflection = reflectionHandlers(new ReflectionIndex([...options.services.map((s) => s.service), Health, ...REFLECTION_SERVICES]));
+    const all: ServiceRegistration[] = [
+      ...options.services,
+      registration(Health, healthHandlers(this.health)),
+      registration(REFLECTION_SERVICES[0], reflection.v1),
+      registration(REFLECTION_SERVICES[1], reflection.v1alpha),
+    ];
+    for (const { service } of all) {
+      for (const method of service.methods) {
+        if (method.methodKind !== "unary") this.streamingPaths.add(`/${service.typeName}/${method.name}`);
+      }
+    }
+    for (const name of serviceNames) this.health.set(name, ServingStatus.NOT_SERVING);
+
+    const interceptors = [
+      contextInterceptor(options.name),
+      observeInterceptor({ logger: options.logger, metrics: this.metrics }),
+      ...(options.interceptors ?? []),
+      errorInterceptor(options.logger),
+    ];
+    const acceptCompression = [compressionGzip, compressionBrotli];
+    const shutdownSignal = this.shutdownController.signal;
+    const connectHandler = connectNodeAdapter({
+      routes: (router) => {
+        for (const { service, impl } of all) router.service(service, impl);
+      },
+      interceptors,
+      shutdownSignal,
+      acceptCompression,
+      readMaxBytes: options.maxMessageBytes,
+      writeMaxBytes: options.maxMessageBytes,
+    });
+    const fastPath = options.fastPath
+      ? createGrpcFastPath({
+          services: all,
+          interceptors,
+          acceptCompression,
+          readMaxBytes: options.maxMessageBytes,
+          writeMaxBytes: options.maxMessageBytes,
+          compressMinBytes: 1024,
+          shutdownSignal,
+          scheme: options.tls ? "https" : "http",
+        })
+      : undefined;
+
+    const onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+      if (this.draining) return refuseStream(stream);
+      const counted = !this.streamingPaths.has(headers[":path"] ?? "");
+      if (counted) {
+        this.inFlight++;
+        stream.once("close", () => this.callEnded());
+      }
+      if (fastPath?.(stream, headers)) return;
+      // Everything else goes through Node's compatibility layer to connect-node, as
+      // http2.createServer(handler) would do.
+      const request = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
+      const response = new http2.Http2ServerResponse(stream);
+      void connectHandler(request, response);
+    };
+    const onHttp1Request = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (this.draining) {
+        res.writeHead(503, { connection: "close" }).end("shutting down\n");
+        return;
+      }
+      this.inFlight++;
+      res.once("close", () => this.callEnded());
+      void connectHandler(req, res);
+    };
+
+    if (options.tls) {
+      const tls = options.tls;
+      const secure = http2.createSecureServer({
+        cert: readFileSync(tls.certFile),
+        key: readFileSync(tls.keyFile),
+        ca: tls.clientCaFile ? readFileSync(tls.clientCaFile) : undefined,
+        requestCert: tls.clientCaFile !== undefined,
+        rejectUnauthorized: tls.clientCaFile !== undefined,
+        minVersion: "TLSv1.3",
+        allowHTTP1: true,
+      });
+      // HTTP/1.1 over TLS arrives as 'request'; registering it also installs Node's compat
+      // 'stream' listener, which we replace with ours.
+      secure.on("request", onHttp1Request);
+      secure.removeAllListeners("stream");
+      secure.on("secureConnection", (socket: TLSSocket) => {
+        if (!sanAllowed(socket, tls.allowedSans)) {
+          options.logger.warn({ event: "tls_client_rejected", reason: "SAN not in ORCA_TLS_ALLOWED_SANS" }, "security");
+          socket.destroy();
+        }
+      });
+      this.h2 = secure;
+      this.listener = secure;
+    } else {
+      const h2c = http2.createServer();
+      const h1 = http.createServer(onHttp1Request);
+      // h2c with prior knowledge and HTTP/1.1 share the port: sniff the connection preface.
+      this.listener = net.createServer((socket) => {
+        socket.once("data", (chunk: Buffer) => {
+          socket.pause();
+          socket.unshift(chunk);
+          // http2 takes over the socket's handle and drains the buffered preface itself;
+          // resuming here would hand those bytes to nobody. HTTP/1.1 reads in flowing mode.
+          if (chunk.toString("latin1", 0, PREFACE.length) === PREFACE) {
+            h2c.emit("connection", socket);
+          } else {
+            h1.emit("connection", socket);
+            socket.resume();
+          }
+        });
+      });
+      this.h2 = h2c;
+    }
+    this.h2.on("stream", onStream);
+    this.h2.on("session", (session: http2.Http2Session) => {
+      this.sessions.add(session);
+      session.once("close", () => this.sessions.delete(session));
+    });
+    this.listener.on("connection", (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.once("close", () => this.sockets.delete(socket));
+    });
+    this.adminServer = createAdminServer({
+      registry: this.metrics.registry,
+      ready: async () => {
+        if (this.draining) return "shutting down";
+        if (this.health.get("") !== ServingStatus.SERVING) return "not serving";
+        return options.readiness?.();
+      },
+    });
+  }
+
+  private callEnded(): void {
+    this.inFlight--;
+    if (this.draining && this.inFlight === 0) this.drained?.();
+  }
+
+  get url(): string {
+    if (!this.endpoints) throw new Error("server not started");
+    return this.endpoints.url;
+  }
+
+  async start(): Promise<Endpoints> {
+    const listen = (server: net.Server, port: number) =>
+      new Promise<number>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, this.options.host, () => {
+          server.off("error", reject);
+          resolve((server.address() as AddressInfo).port);
+        });
+      });
+    const port = await listen(this.listener, this.options.port);
+    const adminPort = await listen(this.adminServer, this.options.adminPort);
+    const host = this.options.host === "0.0.0.0" || this.options.host === "::" ? "127.0.0.1" : this.options.host;
+    this.endpoints = { port, adminPort, url: `${this.options.tls ? "https" : "http"}://${host}:${port}` };
+    this.health.set("", ServingStatus.SERVING);
+    for (const { service } of this.options.services) this.health.set(service.typeName, ServingStatus.SERVING);
+    return this.endpoints;
+  }
+
+  /**
+   * Graceful shutdown: health goes NOT_SERVING, new connections and calls are refused, in-flight
+   * calls get until the grace deadline to finish, then streams are cancelled and sockets closed.
+   */
+  async shutdown(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    this.health.shutdown();
+    this.listener.close();
+    for (const session of this.sessions) session.close(); // GOAWAY: no new streams on it
+    if (this.inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.options.shutdownGraceMs);
+        this.drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    this.shutdownController.abort();
+    // Give cancelled streams a moment to send their trailers, then cut what is left.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.adminServer.close(() => resolve()));
+  }
+}
+
+function refuseStream(stream: http2.ServerHttp2Stream): void {
+  if (stream.destroyed) return;
+  stream.respond(
+    { ":status": 200, "content-type": "application/grpc", "grpc-status": "14", "grpc-message": "server is shutting down" },
+    { endStream: true },
+  );
+}
+
+function sanAllowed(socket: TLSSocket, allowed: string[]): boolean {
+  if (allowed.length === 0) return true;
+  const san = socket.getPeerCertificate()?.subjectaltname ?? "";
+  const names = san.split(",").map((entry) => entry.trim().replace(/^(DNS|URI|IP Address):/, ""));
+  return names.some((name) => allowed.includes(name));
+}
