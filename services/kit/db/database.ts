@@ -23,6 +23,13 @@ export interface Database {
   location: string;
   /** Throws when the database does not answer. */
   ping(): Promise<void>;
+  /**
+   * LISTEN on a channel; `onPayload` gets each NOTIFY payload (sent with `pg_notify` inside the
+   * writer's transaction, so listeners only hear committed changes). On Postgres this holds one
+   * dedicated connection per channel, reconnecting after errors; on PGlite it uses the instance's
+   * own listener. Returns the function that stops listening.
+   */
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -49,6 +56,7 @@ export async function openDatabase(options: { databaseUrl?: string; dataDir: str
       kind: "postgres",
       location,
       ping: async () => void (await sql`select 1`.execute(db)),
+      listen: (channel, onPayload) => listenPostgres(options.databaseUrl!, channel, onPayload, options.logger),
       close: () => db.destroy(),
     };
   }
@@ -57,21 +65,54 @@ export async function openDatabase(options: { databaseUrl?: string; dataDir: str
   const pglite = await PGlite.create(dataDir, {
     parsers: { [INT8_OID]: (value: string) => BigInt(value) },
   });
+  return pgliteDatabase(pglite, dataDir);
+}
+
+function pgliteDatabase(pglite: PGlite, location: string): Database {
   const db = new Kysely({ dialect: new PostgresDialect({ pool: new PglitePool(pglite) as unknown as pg.Pool }) });
   return {
     db,
     kind: "pglite",
-    location: dataDir,
+    location,
     ping: async () => void (await sql`select 1`.execute(db)),
+    listen: async (channel, onPayload) => {
+      const unsubscribe = await pglite.listen(channel, onPayload);
+      return () => unsubscribe();
+    },
     close: () => db.destroy(),
+  };
+}
+
+async function listenPostgres(url: string, channel: string, onPayload: (payload: string) => void, logger: Logger): Promise<() => Promise<void>> {
+  let client: pg.Client | undefined;
+  let stopped = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  const connect = async (): Promise<void> => {
+    const next = new pg.Client({ connectionString: url });
+    next.on("notification", (message) => {
+      if (message.channel === channel) onPayload(message.payload ?? "");
+    });
+    next.on("error", (error) => {
+      logger.warn({ err: error, channel }, "LISTEN connection lost; reconnecting");
+      void next.end().catch(() => undefined);
+      if (!stopped) retryTimer = setTimeout(() => void connect().catch(() => undefined), 500);
+    });
+    await next.connect();
+    await next.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    client = next;
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    clearTimeout(retryTimer);
+    await client?.end().catch(() => undefined);
   };
 }
 
 /** An in-memory PGlite database, for tests that must not touch disk. */
 export async function openMemoryDatabase(): Promise<Database> {
   const pglite = await PGlite.create({ parsers: { [INT8_OID]: (value: string) => BigInt(value) } });
-  const db = new Kysely({ dialect: new PostgresDialect({ pool: new PglitePool(pglite) as unknown as pg.Pool }) });
-  return { db, kind: "pglite", location: "memory", ping: async () => void (await sql`select 1`.execute(db)), close: () => db.destroy() };
+  return pgliteDatabase(pglite, "memory");
 }
 
 function redactUrl(url: string): string {
