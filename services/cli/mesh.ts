@@ -7,6 +7,7 @@ import { openRedis, type Redis } from "../kit/redis.js";
 import { OrcaServer, type Endpoints } from "../kit/server/server.js";
 import type { ServiceInstance } from "../kit/service-module.js";
 import type { Logger } from "../kit/telemetry/logger.js";
+import { createServiceMetrics } from "../kit/telemetry/metrics.js";
 import { SERVICE_MODULES } from "../modules.js";
 
 export interface RunningMesh {
@@ -47,7 +48,8 @@ export async function startMesh(options: { config: OrcaConfig; services: readonl
       const serviceLogger = logger.child({ service: name });
       const applied = await migrate(database.db, module);
       if (applied.length > 0) serviceLogger.info({ schema: module.schema, applied }, "migrations applied");
-      const instance = await module.create({ config, logger: serviceLogger, database, redis, clients });
+      const metrics = createServiceMetrics(name);
+      const instance = await module.create({ config, logger: serviceLogger, database, redis, clients, metricsRegistry: metrics.registry });
       instances.push(instance);
       const server = new OrcaServer({
         name,
@@ -56,6 +58,7 @@ export async function startMesh(options: { config: OrcaConfig; services: readonl
         adminPort: config.services[name].adminPort,
         services: [{ service: module.descriptor, impl: instance.impl }],
         logger: serviceLogger,
+        metrics,
         tls: config.tls,
         shutdownGraceMs: config.shutdownGraceMs,
         maxMessageBytes: config.maxMessageBytes,

@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { Migration } from "kysely";
+import type { Registry } from "prom-client";
 import type { ServiceName } from "./catalog.js";
 import type { MeshClients } from "./clients/mesh-clients.js";
 import type { OrcaConfig } from "./config.js";
@@ -17,6 +18,8 @@ export interface ServiceContext {
   /** Present only when REDIS_URL is set; every feature has an in-process fallback. */
   redis?: Redis;
   clients: MeshClients;
+  /** The service's own Prometheus registry (served on its admin port); register service metrics here. */
+  metricsRegistry: Registry;
 }
 
 export interface ServiceInstance {

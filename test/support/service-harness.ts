@@ -10,6 +10,7 @@ import type { Redis } from "../../services/kit/redis.js";
 import { OrcaServer } from "../../services/kit/server/server.js";
 import type { ServiceInstance, ServiceModule } from "../../services/kit/service-module.js";
 import { createLogger, type Logger } from "../../services/kit/telemetry/logger.js";
+import { createServiceMetrics } from "../../services/kit/telemetry/metrics.js";
 
 /**
  * Starts one service module on ephemeral ports against the given database (and Redis), the way
@@ -41,7 +42,16 @@ export async function startServiceHarness(
   const logger = options.logger ?? createLogger({ level: "silent" });
   const urls = Object.fromEntries(SERVICE_NAMES.map((n) => [n, options.peers?.[n] ?? config.services[n].url])) as Record<ServiceName, string>;
   await migrate(options.database.db, module);
-  const instance = await module.create({ config, logger, database: options.database, redis: options.redis, clients: new MeshClients(urls) });
+  // Process metrics off: several harnesses in one test process would register them twice.
+  const metrics = createServiceMetrics(module.name, { processMetrics: false });
+  const instance = await module.create({
+    config,
+    logger,
+    database: options.database,
+    redis: options.redis,
+    clients: new MeshClients(urls),
+    metricsRegistry: metrics.registry,
+  });
   const server = new OrcaServer({
     name: module.name,
     host: "127.0.0.1",
@@ -49,6 +59,7 @@ export async function startServiceHarness(
     adminPort: 0,
     services: [{ service: module.descriptor, impl: instance.impl }],
     logger,
+    metrics,
     shutdownGraceMs: config.shutdownGraceMs,
     maxMessageBytes: config.maxMessageBytes,
     fastPath: config.grpcFastPath,
