@@ -1,4 +1,5 @@
 import { SERVICE_NAMES, type ServiceName } from "../kit/catalog.js";
+import { createSecurityInterceptors } from "../kit/auth/index.js";
 import { MeshClients } from "../kit/clients/mesh-clients.js";
 import type { OrcaConfig } from "../kit/config.js";
 import { openDatabase, type Database } from "../kit/db/database.js";
@@ -23,7 +24,13 @@ export interface RunningMesh {
  * which is a single session) and one Redis client. Services still call each other through the
  * typed clients over real gRPC on their ports, exactly as they do when deployed apart.
  */
-export async function startMesh(options: { config: OrcaConfig; services: readonly ServiceName[]; logger: Logger }): Promise<RunningMesh> {
+export async function startMesh(options: {
+  config: OrcaConfig;
+  services: readonly ServiceName[];
+  logger: Logger;
+  /** Used when ORCA_AUTH is unset: `orca serve` passes "on", `orca up` "off". */
+  defaultAuthMode: "on" | "off";
+}): Promise<RunningMesh> {
   const { config, logger } = options;
   const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
   logger.info({ database: database.kind, location: database.location }, "database open");
@@ -31,6 +38,7 @@ export async function startMesh(options: { config: OrcaConfig; services: readonl
   const urls = Object.fromEntries(SERVICE_NAMES.map((name) => [name, config.services[name].url])) as Record<ServiceName, string>;
   const tls = config.tls ? { caFile: config.tls.clientCaFile, certFile: config.tls.certFile, keyFile: config.tls.keyFile } : undefined;
   const clients = new MeshClients(urls, { defaultTimeoutMs: config.clientTimeoutMs, tls });
+  const security = await createSecurityInterceptors({ config, logger, redis, defaultMode: options.defaultAuthMode });
 
   const servers: Partial<Record<ServiceName, OrcaServer>> = {};
   const instances: ServiceInstance[] = [];
@@ -63,6 +71,8 @@ export async function startMesh(options: { config: OrcaConfig; services: readonl
         shutdownGraceMs: config.shutdownGraceMs,
         maxMessageBytes: config.maxMessageBytes,
         fastPath: config.grpcFastPath,
+        interceptors: security,
+        maxStreamSeconds: config.maxStreamSeconds,
         readiness: async () => {
           try {
             await database.ping();

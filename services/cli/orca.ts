@@ -55,7 +55,7 @@ async function main(argv: string[]): Promise<void> {
   }
   const logger = createLogger({ level: config.logLevel });
   const tracing = startTracing({ serviceName: `orca-${command === "up" ? "mesh" : services[0]}`, otlpEndpoint: config.otlpEndpoint });
-  const mesh = await startMesh({ config, services, logger });
+  const mesh = await startMesh({ config, services, logger, defaultAuthMode: command === "up" ? "off" : "on" });
   if (command === "up") printTable(mesh, config);
   else logger.info({ endpoints: mesh.endpoints }, "serving");
   exitOnSignals(logger, async () => {

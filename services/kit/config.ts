@@ -34,6 +34,23 @@ export interface ServiceEndpointConfig {
   url: string;
 }
 
+export interface AuthConfig {
+  /** "on" or "off"; undefined lets the command decide (`orca serve`: on, `orca up`: off). */
+  mode?: "on" | "off";
+  jwt?: {
+    issuer: string;
+    audience: string;
+    algorithms: string[];
+    clockToleranceSeconds: number;
+    jwksUrl?: string;
+    publicKeyFile?: string;
+  };
+  /** Trust the caller identity in x-forwarded-client-cert (only behind an Istio sidecar). */
+  trustXfcc: boolean;
+  /** Per end user and method group; unset (no limit) unless ORCA_RATE_LIMIT_RPS is set. */
+  rateLimit?: { ratePerSecond: number; burst: number };
+}
+
 export interface OrcaConfig {
   host: string;
   services: Record<ServiceName, ServiceEndpointConfig>;
@@ -48,6 +65,9 @@ export interface OrcaConfig {
   /** Serve unary gRPC calls on the kit's fast path (ORCA_GRPC_FAST_PATH=0 turns it off). */
   grpcFastPath: boolean;
   otlpEndpoint?: string;
+  auth: AuthConfig;
+  /** Server streams end with Unavailable after this long; clients resume (WatchRun from a sequence). */
+  maxStreamSeconds: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -131,7 +151,42 @@ export function readConfig(env: Env = process.env): OrcaConfig {
     throw new ConfigError("ORCA_TLS_CLIENT_CA_FILE", "a PEM CA file path when ORCA_TLS_ALLOWED_SANS is set", "");
   }
 
+  const authMode = str(env, "ORCA_AUTH");
+  if (authMode !== undefined && authMode !== "on" && authMode !== "off") throw new ConfigError("ORCA_AUTH", "on or off", authMode);
+  const issuer = str(env, "ORCA_JWT_ISSUER");
+  const audience = str(env, "ORCA_JWT_AUDIENCE");
+  const jwksUrl = url(env, "ORCA_JWT_JWKS_URL", ["http", "https"]);
+  const publicKeyFile = str(env, "ORCA_JWT_PUBLIC_KEY_FILE");
+  const jwtConfigured = issuer ?? audience ?? jwksUrl ?? publicKeyFile;
+  if (jwtConfigured !== undefined) {
+    if (!issuer) throw new ConfigError("ORCA_JWT_ISSUER", "the issuer (iss) end-user tokens must carry", "");
+    if (!audience) throw new ConfigError("ORCA_JWT_AUDIENCE", "the audience (aud) end-user tokens must carry", "");
+    if (!jwksUrl && !publicKeyFile) throw new ConfigError("ORCA_JWT_JWKS_URL", "a JWKS URL (or set ORCA_JWT_PUBLIC_KEY_FILE)", "");
+  }
+  const algorithms = (str(env, "ORCA_JWT_ALGORITHMS") ?? "RS256,ES256").split(",").map((a) => a.trim());
+  for (const algorithm of algorithms) {
+    if (!/^(RS|PS|ES)(256|384|512)$|^EdDSA$/.test(algorithm)) {
+      throw new ConfigError("ORCA_JWT_ALGORITHMS", "asymmetric JWS algorithms such as RS256,ES256,EdDSA (never none or HS*)", algorithm);
+    }
+  }
+
   return {
+    auth: {
+      mode: authMode as "on" | "off" | undefined,
+      jwt:
+        issuer && audience
+          ? { issuer, audience, algorithms, clockToleranceSeconds: integer(env, "ORCA_JWT_CLOCK_TOLERANCE_S", 30, 0, 300), jwksUrl, publicKeyFile }
+          : undefined,
+      trustXfcc: bool(env, "ORCA_TRUST_XFCC", false),
+      rateLimit:
+        str(env, "ORCA_RATE_LIMIT_RPS") === undefined
+          ? undefined
+          : {
+              ratePerSecond: integer(env, "ORCA_RATE_LIMIT_RPS", 100, 1, 1_000_000),
+              burst: integer(env, "ORCA_RATE_LIMIT_BURST", 200, 1, 10_000_000),
+            },
+    },
+    maxStreamSeconds: integer(env, "ORCA_MAX_STREAM_SECONDS", 3600, 1, 86_400),
     host,
     services,
     databaseUrl: url(env, "DATABASE_URL", ["postgres", "postgresql"]),

@@ -92,11 +92,13 @@ export function toConnectError(error: unknown, correlationId: string): { error: 
     return { error: new ConnectError(error.message, error.code, undefined, undefined, error), unexpected: false };
   }
   if (isAbortError(error)) {
-    // An abort keeps the code of its reason: connect aborts a handler's signal with a
-    // ConnectError (DeadlineExceeded when grpc-timeout expires), and AbortSignal-aware APIs
-    // (timers/promises, fetch, ...) reject with an AbortError whose cause is that reason.
+    // The handler was aborted: by its deadline (connect aborts the handler's signal with a
+    // DeadlineExceeded ConnectError, which AbortSignal-aware APIs such as timers/promises pass on
+    // as the AbortError's cause), or because the client went away or the server is shutting down,
+    // which is Canceled whatever HTTP/2 reset code the client used (connect-node turns a reset
+    // with INTERNAL_ERROR into an Internal reason; that is not a server fault).
     const cause = (error as Error).cause;
-    if (cause instanceof ConnectError) return { error: cause, unexpected: false };
+    if (cause instanceof ConnectError && cause.code === Code.DeadlineExceeded) return { error: cause, unexpected: false };
     return { error: ConnectError.from(error), unexpected: false };
   }
   return {

@@ -1,9 +1,10 @@
-import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ContextValues, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, type Context, type Span } from "@opentelemetry/api";
 import { callInfoKey, callScope, correlationIdFrom, type CallInfo } from "./call-scope.js";
 import { toConnectError } from "./errors.js";
-import type { Logger } from "./telemetry/logger.js";
-import type { ServiceMetrics } from "./telemetry/metrics.js";
+import { scalarLineLogger, type Logger } from "./telemetry/logger.js";
+import type { MethodMetrics, ServiceMetrics } from "./telemetry/metrics.js";
 
 /**
  * The kit's server interceptors. They are plain Connect interceptors, so the same chain runs on
@@ -79,11 +80,15 @@ export function contextInterceptor(serviceName: string): Interceptor {
       parent,
     );
     const spanContext: Context = trace.setSpan(parent, span);
-    const enter = <R>(fn: () => R): R => callScope.run(info, () => otelContext.with(spanContext, fn));
     try {
-      const res = await enter(() => next(req));
+      // No per-call closures on the unary path: run() and with() pass the arguments through.
+      const res = await callScope.run(info, runInContext, spanContext, next, req);
       res.header.set("x-request-id", correlationId);
-      if (!res.stream) endSpan(span, undefined);
+      if (!res.stream) {
+        endSpan(span, undefined);
+        return res;
+      }
+      const enter = <R>(fn: () => R): R => callScope.run(info, () => otelContext.with(spanContext, fn));
       return withStream(res, enter, (error) => endSpan(span, error));
     } catch (error) {
       endSpan(span, error);
@@ -91,6 +96,10 @@ export function contextInterceptor(serviceName: string): Interceptor {
       throw error;
     }
   };
+}
+
+function runInContext<T>(spanContext: Context, next: (req: T) => Promise<AnyResponse>, req: T): Promise<AnyResponse> {
+  return otelContext.with(spanContext, next, undefined, req);
 }
 
 function endSpan(span: Span, error: unknown): void {
@@ -102,65 +111,73 @@ function endSpan(span: Span, error: unknown): void {
 
 /** One log line and the grpc_server_* metrics per call. Never logs payloads or headers. */
 export function observeInterceptor(deps: { logger: Logger; metrics: ServiceMetrics }): Interceptor {
-  const { logger, metrics } = deps;
-  return (next) => async (req) => {
-    const labels = {
-      grpc_type: req.method.methodKind,
-      grpc_service: req.service.typeName,
-      grpc_method: req.method.name,
-    };
-    metrics.started.inc(labels);
-    const startedAt = performance.now();
-    const finish = (error: unknown) => {
-      const seconds = (performance.now() - startedAt) / 1000;
-      const code = error === undefined ? 0 : ConnectError.from(error).code;
-      metrics.handled.inc({ ...labels, grpc_code: codeName(code) });
-      metrics.handlingSeconds.observe(labels, seconds);
-      const line = {
-        method: `${req.service.typeName}/${req.method.name}`,
-        code: codeName(code),
-        durationMs: Math.round(seconds * 1e6) / 1e3,
-        correlationId: req.contextValues.get(callInfoKey)?.correlationId,
+  const { metrics } = deps;
+  // The rpc line holds only the scalar fields below, so it skips pino's redaction (see scalarLineLogger).
+  const rpcLog = scalarLineLogger(deps.logger);
+  // Label objects, metric handles and the method name, made once per method instead of per call.
+  const byMethod = new WeakMap<DescMethod, ObservedMethod>();
+  const observed = (req: { service: DescService; method: DescMethod }): ObservedMethod => {
+    let entry = byMethod.get(req.method);
+    if (entry === undefined) {
+      entry = {
+        name: `${req.service.typeName}/${req.method.name}`,
+        metrics: metrics.method(req.method.methodKind, req.service.typeName, req.method.name),
       };
-      if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) logger.error(line, "rpc");
-      else logger.info(line, "rpc");
-    };
+      byMethod.set(req.method, entry);
+    }
+    return entry;
+  };
+  return (next) => async (req) => {
+    const method = observed(req);
+    method.metrics.started();
+    const startedAt = performance.now();
     let res: AnyResponse;
     try {
       res = await next(req);
     } catch (error) {
-      finish(error);
+      finishCall(rpcLog, method, req.contextValues, startedAt, error);
       throw error;
     }
     if (!res.stream) {
-      finish(undefined);
+      finishCall(rpcLog, method, req.contextValues, startedAt, undefined);
       return res;
     }
-    return withStream(res, (fn) => fn(), finish);
+    return withStream(res, (fn) => fn(), (error) => finishCall(rpcLog, method, req.contextValues, startedAt, error));
   };
+}
+
+interface ObservedMethod {
+  /** "package.Service/Method", as logged. */
+  name: string;
+  metrics: MethodMetrics;
+}
+
+function finishCall(log: Logger, method: ObservedMethod, values: ContextValues, startedAt: number, error: unknown): void {
+  const seconds = (performance.now() - startedAt) / 1000;
+  const code = error === undefined ? 0 : ConnectError.from(error).code;
+  const name = codeName(code);
+  method.metrics.handled(name, seconds);
+  const line = {
+    method: method.name,
+    code: name,
+    durationMs: Math.round(seconds * 1e6) / 1e3,
+    correlationId: values.get(callInfoKey)?.correlationId,
+  };
+  if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) log.error(line, "rpc");
+  else log.info(line, "rpc");
 }
 
 /** Domain errors become their Connect codes; unexpected errors become Internal, logged here. */
 export function errorInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
-    const map = (error: unknown): ConnectError => {
-      const correlationId = req.contextValues.get(callInfoKey)?.correlationId ?? "unknown";
-      const mapped = toConnectError(error, correlationId);
-      if (mapped.unexpected) {
-        logger.error(
-          { err: error, method: `${req.service.typeName}/${req.method.name}`, correlationId },
-          "unexpected error in handler",
-        );
-      }
-      return mapped.error;
-    };
     let res: AnyResponse;
     try {
       res = await next(req);
     } catch (error) {
-      throw map(error);
+      throw mapError(logger, req, error);
     }
     if (!res.stream) return res;
+    const map = (error: unknown): ConnectError => mapError(logger, req, error);
     const source = res.message;
     return {
       ...res,
@@ -173,4 +190,50 @@ export function errorInterceptor(logger: Logger): Interceptor {
       })(),
     };
   };
+}
+
+/**
+ * Ends server streams after `maxMs` with Unavailable, so no stream (or a slow client holding one)
+ * lives forever; the contracts tell clients to resume (e.g. WatchRun from its last sequence).
+ */
+export function streamLimitInterceptor(maxMs: number): Interceptor {
+  return (next) => async (req) => {
+    const res = await next(req);
+    if (!res.stream) return res;
+    const source = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        const it = source[Symbol.asyncIterator]();
+        const deadline = Date.now() + maxMs;
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          for (;;) {
+            const expired = new Promise<"expired">((resolve) => {
+              timer = setTimeout(() => resolve("expired"), Math.max(0, deadline - Date.now()));
+            });
+            const result = await Promise.race([it.next(), expired]);
+            clearTimeout(timer);
+            if (result === "expired") throw new ConnectError(`stream reached its maximum duration of ${Math.round(maxMs / 1000)} s; reconnect to resume`, Code.Unavailable);
+            if (result.done) return;
+            yield result.value;
+          }
+        } finally {
+          clearTimeout(timer);
+          // Not awaited: after expiry the source may still be inside next(), and it only settles
+          // once the call's signal aborts, which happens after this generator ends.
+          void it.return?.()?.catch(() => undefined);
+        }
+      })(),
+    };
+  };
+}
+
+function mapError(logger: Logger, req: { service: DescService; method: DescMethod; contextValues: ContextValues }, error: unknown): ConnectError {
+  const correlationId = req.contextValues.get(callInfoKey)?.correlationId ?? "unknown";
+  const mapped = toConnectError(error, correlationId);
+  if (mapped.unexpected) {
+    logger.error({ err: error, method: `${req.service.typeName}/${req.method.name}`, correlationId }, "unexpected error in handler");
+  }
+  return mapped.error;
 }

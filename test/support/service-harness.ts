@@ -2,6 +2,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { SERVICE_NAMES, type ServiceName } from "../../services/kit/catalog.js";
+import { createSecurityInterceptors } from "../../services/kit/auth/index.js";
 import { MeshClients } from "../../services/kit/clients/mesh-clients.js";
 import { readConfig, type OrcaConfig } from "../../services/kit/config.js";
 import type { Database } from "../../services/kit/db/database.js";
@@ -34,6 +35,8 @@ export async function startServiceHarness(
     redis?: Redis;
     env?: Record<string, string>;
     logger?: Logger;
+    /** ORCA_AUTH when env does not set it; services' own tests default to "off". */
+    defaultAuthMode?: "on" | "off";
     /** URLs of other services this one calls. */
     peers?: Partial<Record<ServiceName, string>>;
   },
@@ -44,6 +47,7 @@ export async function startServiceHarness(
   await migrate(options.database.db, module);
   // Process metrics off: several harnesses in one test process would register them twice.
   const metrics = createServiceMetrics(module.name, { processMetrics: false });
+  const security = await createSecurityInterceptors({ config, logger, redis: options.redis, defaultMode: options.defaultAuthMode ?? "off" });
   const instance = await module.create({
     config,
     logger,
@@ -63,6 +67,8 @@ export async function startServiceHarness(
     shutdownGraceMs: config.shutdownGraceMs,
     maxMessageBytes: config.maxMessageBytes,
     fastPath: config.grpcFastPath,
+    interceptors: security,
+    maxStreamSeconds: config.maxStreamSeconds,
     readiness: instance.readiness,
   });
   const { url } = await server.start();

@@ -1,25 +1,28 @@
-import type { IncomingHttpHeaders, ServerHttp2Stream, OutgoingHttpHeaders } from "node:http2";
-import type { DescService } from "@bufbuild/protobuf";
+import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import { create, type DescMessage, type DescMethodUnary, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
-  createHandlerContext,
+  createContextValues,
   createServiceImplSpec,
+  type ContextValues,
+  type HandlerContext,
   type Interceptor,
-  type MethodImplSpec,
   type ServiceImpl,
+  type UnaryRequest,
+  type UnaryResponse,
 } from "@connectrpc/connect";
 import {
+  compressedFlag,
   compressionNegotiate,
   createMethodSerializationLookup,
   encodeEnvelope,
   envelopeCompress,
-  envelopeDecompress,
-  invokeUnaryImplementation,
   type Compression,
   type Serialization,
 } from "@connectrpc/connect/protocol";
 import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { HeaderMap } from "./header-map.js";
 
 /**
  * The kit's unary gRPC fast path.
@@ -28,14 +31,24 @@ import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "
  * universal handler: web Headers conversions, WHATWG-style async-iterable pipes and several
  * AbortControllers per call. For unary gRPC over protobuf, the common case between services,
  * that plumbing costs several times the handler's own work. This path takes such streams
- * straight from the http2 `stream` event and answers them with the same building blocks connect
- * uses for the same job (handler context, envelope codec, serialization limits, compression
- * negotiation, timeout parsing, trailer status, and the same interceptor chain through
- * invokeUnaryImplementation), so the semantics match the slow path call for call. Everything
- * else (gRPC-Web, Connect, JSON, streaming methods) returns false and takes the normal path.
+ * straight from the http2 `stream` event and answers them itself, with connect's own building
+ * blocks where they are cheap (serialization with its size limits, compression negotiation and
+ * codecs, timeout parsing, trailer status) and the same interceptor chain, so handlers and
+ * interceptors cannot tell the paths apart. Everything else (gRPC-Web, Connect, JSON, streaming
+ * methods) returns false and takes the normal path.
  *
- * Those helpers come from connect's `protocol` entry points, which connect marks as internal;
- * package.json pins connect to an exact version and the conformance tests compare both paths.
+ * What makes it cheap, per call:
+ * - no AbortController unless someone reads `signal` (creating and aborting one costs more than
+ *   a whole echo call); a lazily created signal still aborts on the deadline, client cancel,
+ *   server shutdown and call completion, exactly when the eager one would have;
+ * - headers stay in Node's object form (HeaderMap) instead of two undici Headers conversions;
+ * - no async-iterable pipeline: the body is collected from 'data' events and the response is
+ *   written with one respond/end/sendTrailers; promises only where the handler chain needs them;
+ * - stream listeners are shared functions that find the call on the stream, not closures.
+ *
+ * The helpers come from connect's `protocol` entry points, which connect marks as internal;
+ * package.json pins connect to an exact version, and bench/rpc/conformance.ts compares both
+ * paths call for call.
  */
 
 export interface FastPathOptions {
@@ -50,20 +63,27 @@ export interface FastPathOptions {
   scheme: string;
 }
 
+type AnyUnaryMethod = DescMethodUnary<DescMessage, DescMessage>;
+type UnaryFn = (req: UnaryRequest) => Promise<UnaryResponse>;
+type UnaryImpl = (request: unknown, context: HandlerContext) => unknown;
+
 interface UnaryRoute {
-  spec: MethodImplSpec & { kind: "unary" };
+  method: AnyUnaryMethod;
   service: DescService;
+  impl: UnaryImpl;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the route table holds every method's types
-  serialization: Serialization<any>;
+  input: Serialization<any>;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  outputSerialization: Serialization<any>;
+  output: Serialization<any>;
 }
 
+export type FastPathHandler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
+
 const GRPC_PROTO = /^application\/grpc(?:\+proto)?$/i;
+// Abort reasons, made once: creating errors (and their stack traces) per call is not free.
 const CANCELLED_BY_CLIENT = new ConnectError("the client cancelled the call", Code.Canceled);
 const COMPLETED = new ConnectError("call completed", Code.Canceled);
-
-export type FastPathHandler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
+const RESPONSE_CONTENT_TYPE = { "content-type": contentTypeProto };
 
 export function createGrpcFastPath(options: FastPathOptions): FastPathHandler {
   const routes = new Map<string, UnaryRoute>();
@@ -73,16 +93,18 @@ export function createGrpcFastPath(options: FastPathOptions): FastPathHandler {
     compressMinBytes: options.compressMinBytes,
   };
   for (const { service, impl } of options.services) {
+    // createServiceImplSpec binds the handlers and answers missing ones with Unimplemented.
     const serviceSpec = createServiceImplSpec(service, impl);
     for (const method of service.methods) {
       const spec = serviceSpec.methods[method.localName];
       if (spec.kind !== "unary") continue;
       const lookup = createMethodSerializationLookup(method, undefined, undefined, limits);
       routes.set(`/${service.typeName}/${method.name}`, {
-        spec,
+        method: spec.method as AnyUnaryMethod,
         service,
-        serialization: lookup.getI(true),
-        outputSerialization: lookup.getO(true),
+        impl: spec.impl as UnaryImpl,
+        input: lookup.getI(true),
+        output: lookup.getO(true),
       });
     }
   }
@@ -90,129 +112,299 @@ export function createGrpcFastPath(options: FastPathOptions): FastPathHandler {
   return function tryFastPath(stream, headers) {
     if (headers[":method"] !== "POST") return false;
     const contentType = headers["content-type"];
-    if (contentType === undefined || !GRPC_PROTO.test(contentType)) return false;
+    if (contentType !== "application/grpc" && (contentType === undefined || !GRPC_PROTO.test(contentType))) return false;
     const route = routes.get(headers[":path"] ?? "");
     if (route === undefined) return false;
-    void serveUnary(route, stream, headers, options);
+    new UnaryCall(route, stream, headers, options).start();
     return true;
   };
 }
 
-function webHeaders(nodeHeaders: IncomingHttpHeaders): Headers {
-  const header = new Headers();
-  for (const key in nodeHeaders) {
-    if (key.charCodeAt(0) === 58 /* ":" */) continue;
-    const value = nodeHeaders[key];
-    if (value === undefined) continue;
-    if (typeof value === "string") header.append(key, value);
-    else for (const item of value) header.append(key, item);
+// The call a stream belongs to, so that its listeners can be shared functions.
+const kCall = Symbol("orca.fastPathCall");
+type CallStream = ServerHttp2Stream & { [kCall]?: UnaryCall };
+
+function onData(this: CallStream, chunk: Buffer): void {
+  this[kCall]?.onData(chunk);
+}
+function onEnd(this: CallStream): void {
+  this[kCall]?.onEnd();
+}
+function onClose(this: CallStream): void {
+  this[kCall]?.onClose();
+}
+function onError(): void {
+  // 'close' follows and cancels the call; the listener only keeps the error from being thrown.
+}
+function onWantTrailers(this: CallStream): void {
+  const call = this[kCall];
+  this[kCall] = undefined;
+  if (call && !this.destroyed) this.sendTrailers(call.responseTrailer.toNode({}));
+}
+
+/** One unary call: collects the request, runs the interceptors and the handler, responds. */
+class UnaryCall {
+  readonly requestHeader: HeaderMap;
+  readonly responseHeader = new HeaderMap();
+  readonly responseTrailer = new HeaderMap();
+  readonly values: ContextValues = createContextValues();
+  readonly url: string;
+  /** Absolute deadline (Date.now() scale) from grpc-timeout. */
+  private deadline: number | undefined;
+  private chunks: Buffer[] = [];
+  private received = 0;
+  /** Set once the call has an outcome: the reason a signal created from now on starts aborted. */
+  private ended: ConnectError | undefined;
+  private controller: AbortController | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private onShutdown: (() => void) | undefined;
+  private compression: { request: Compression | null; response: Compression | null } = { request: null, response: null };
+
+  constructor(
+    private readonly route: UnaryRoute,
+    private readonly stream: CallStream,
+    headers: IncomingHttpHeaders,
+    private readonly options: FastPathOptions,
+  ) {
+    this.requestHeader = HeaderMap.fromIncoming(headers);
+    this.url = `${options.scheme}://${headers[":authority"] ?? "localhost"}${headers[":path"]}`;
   }
-  return header;
-}
 
-function nodeHeaders(from: Headers, into: OutgoingHttpHeaders): OutgoingHttpHeaders {
-  from.forEach((value, key) => {
-    into[key] = value;
-  });
-  return into;
-}
-
-/** Reads the request body and splits it into gRPC envelopes (1 flag byte, 4 length bytes, data). */
-function readEnvelopes(stream: ServerHttp2Stream, readMaxBytes: number): Promise<{ flags: number; data: Uint8Array }[]> {
-  const chunks: Buffer[] = [];
-  let received = 0;
-  return new Promise((resolve, reject) => {
-    stream.on("data", (chunk: Buffer) => {
-      received += chunk.length;
-      chunks.push(chunk);
-      // One envelope header may precede the message; anything beyond cannot be a valid unary request.
-      if (received > readMaxBytes + 5) {
-        stream.pause();
-        reject(new ConnectError(`message size ${received - 5} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
-      }
-    });
-    stream.once("end", () => {
-      const bytes = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
-      const envelopes: { flags: number; data: Uint8Array }[] = [];
-      let offset = 0;
-      while (offset < bytes.length) {
-        if (bytes.length - offset < 5) return reject(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
-        const flags = bytes[offset];
-        const length = bytes.readUInt32BE(offset + 1);
-        if (length > readMaxBytes) {
-          return reject(new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
-        }
-        if (bytes.length - offset - 5 < length) return reject(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
-        envelopes.push({ flags, data: bytes.subarray(offset + 5, offset + 5 + length) });
-        offset += 5 + length;
-      }
-      resolve(envelopes);
-    });
-    stream.once("error", reject);
-    stream.once("aborted", () => reject(CANCELLED_BY_CLIENT));
-  });
-}
-
-async function serveUnary(route: UnaryRoute, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, options: FastPathOptions) {
-  const timeout = parseTimeout((headers["grpc-timeout"] as string | undefined) ?? null, Number.MAX_SAFE_INTEGER);
-  const context = createHandlerContext({
-    service: route.service,
-    method: route.spec.method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `${options.scheme}://${headers[":authority"] ?? "localhost"}${headers[":path"]}`,
-    timeoutMs: timeout.timeoutMs,
-    shutdownSignal: options.shutdownSignal,
-    requestHeader: webHeaders(headers),
-    responseHeader: { "content-type": contentTypeProto },
-    responseTrailer: { "grpc-status": grpcStatusOk },
-  });
-  const compression = compressionNegotiate(
-    options.acceptCompression,
-    (headers["grpc-encoding"] as string | undefined) ?? null,
-    (headers["grpc-accept-encoding"] as string | undefined) ?? null,
-    "grpc-accept-encoding",
-  );
-  if (compression.response) context.responseHeader.set("grpc-encoding", compression.response.name);
-  let finished = false;
-  const onClose = () => {
-    if (!finished) context.abort(CANCELLED_BY_CLIENT);
-  };
-  stream.once("close", onClose);
-
-  let body: Uint8Array | undefined;
-  try {
-    if (compression.error) throw compression.error;
-    if (timeout.error) throw timeout.error;
-    const envelopes = await readEnvelopes(stream, options.readMaxBytes);
-    if (envelopes.length !== 1) {
-      throw new ConnectError(
-        `protocol error: ${envelopes.length === 0 ? "missing input message" : "received extra input message"} for unary method`,
-        Code.Unimplemented,
-      );
-    }
-    const envelope = await envelopeDecompress(envelopes[0], compression.request, options.readMaxBytes);
-    const input = route.serialization.parse(envelope.data);
-    const output = await invokeUnaryImplementation(route.spec, context, input, options.interceptors);
-    const encoded = await envelopeCompress(
-      { flags: 0, data: route.outputSerialization.serialize(output as never) },
-      compression.response,
-      options.compressMinBytes,
+  start(): void {
+    const stream = this.stream;
+    stream[kCall] = this;
+    stream.on("close", onClose);
+    stream.on("error", onError);
+    this.responseHeader.set("content-type", RESPONSE_CONTENT_TYPE["content-type"]);
+    const headers = this.requestHeader;
+    const compression = compressionNegotiate(
+      this.options.acceptCompression,
+      headers.get("grpc-encoding"),
+      headers.get("grpc-accept-encoding"),
+      "grpc-accept-encoding",
     );
-    body = encodeEnvelope(encoded.flags, encoded.data);
-  } catch (error) {
-    const connectError =
-      error instanceof ConnectError ? error : new ConnectError("internal error", Code.Internal, undefined, undefined, error);
-    setTrailerStatus(context.responseTrailer, connectError);
-  } finally {
-    finished = true;
-    context.abort(COMPLETED);
+    this.compression = compression;
+    if (compression.response) this.responseHeader.set("grpc-encoding", compression.response.name);
+    const timeout = parseTimeout(headers.get("grpc-timeout"), Number.MAX_SAFE_INTEGER);
+    if (timeout.timeoutMs !== undefined) this.deadline = Date.now() + timeout.timeoutMs;
+    // Like connect's handler: protocol errors are answered before the body is read.
+    const early = compression.error ?? timeout.error;
+    if (early) return this.fail(early);
+    stream.on("data", onData);
+    stream.on("end", onEnd);
   }
-  if (stream.destroyed || stream.closed) return;
-  const trailers = nodeHeaders(context.responseTrailer, {});
-  stream.respond(nodeHeaders(context.responseHeader, { ":status": 200 }), { waitForTrailers: true });
-  stream.once("wantTrailers", () => {
-    if (!stream.destroyed) stream.sendTrailers(trailers);
-  });
-  stream.end(body);
+
+  onData(chunk: Buffer): void {
+    if (this.ended) return;
+    this.chunks.push(chunk);
+    this.received += chunk.length;
+    if (this.received >= 5 && this.chunks[0].length >= 5) {
+      // Refuse an oversized message as soon as its envelope header says so, as connect does.
+      const declared = this.chunks[0].readUInt32BE(1);
+      if (declared > this.options.readMaxBytes) return this.fail(tooLarge(declared, this.options.readMaxBytes));
+      // A unary request is one envelope; more than one envelope plus a header is not worth buffering.
+      if (this.received > declared + 10) return this.fail(extraMessage());
+    }
+  }
+
+  onEnd(): void {
+    if (this.ended) return;
+    let input: unknown;
+    try {
+      const bytes = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.received);
+      this.chunks = [];
+      if (bytes.length === 0) throw new ConnectError("protocol error: missing input message for unary method", Code.Unimplemented);
+      if (bytes.length < 5) throw incompleteEnvelope();
+      const length = bytes.readUInt32BE(1);
+      if (length > this.options.readMaxBytes) throw tooLarge(length, this.options.readMaxBytes);
+      if (bytes.length < 5 + length) throw incompleteEnvelope();
+      checkRest(bytes, 5 + length, this.options.readMaxBytes);
+      const data = bytes.subarray(5, 5 + length);
+      if ((bytes[0] & compressedFlag) === compressedFlag) {
+        // Compressed requests are rare between services; only they pay for an extra promise.
+        void this.decompress(data).then(
+          (decompressed) => this.invoke(this.route.input.parse(decompressed)),
+          (error: unknown) => this.fail(error),
+        );
+        return;
+      }
+      input = this.route.input.parse(data);
+    } catch (error) {
+      return this.fail(error);
+    }
+    this.invoke(input);
+  }
+
+  onClose(): void {
+    // The stream closed before we answered: the client cancelled or the connection went away.
+    if (!this.ended) this.end(CANCELLED_BY_CLIENT);
+    this.stream[kCall] = undefined;
+  }
+
+  private async decompress(data: Uint8Array): Promise<Uint8Array> {
+    const compression = this.compression.request;
+    if (!compression) throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
+    return compression.decompress(data, this.options.readMaxBytes);
+  }
+
+  /** Runs the interceptor chain around the handler, then responds. */
+  private invoke(input: unknown): void {
+    const call = this;
+    const { method, service, impl } = this.route;
+    const innermost: UnaryFn = async (req) => {
+      // What connect's invokeUnaryImplementation hands the handler (its mergeRequest).
+      const context: HandlerContext = {
+        method,
+        service: req.service,
+        requestMethod: req.requestMethod,
+        protocolName: "grpc",
+        url: req.url,
+        get signal() {
+          return req.signal;
+        },
+        timeoutMs: () => (call.deadline === undefined ? undefined : call.deadline - Date.now()),
+        requestHeader: req.header,
+        responseHeader: call.responseHeader,
+        responseTrailer: call.responseTrailer,
+        values: req.contextValues,
+      };
+      const output = await impl(req.message, context);
+      return {
+        stream: false,
+        method,
+        service,
+        message: create(method.output, output as never), // returns messages as they are
+        header: call.responseHeader,
+        trailer: call.responseTrailer,
+      };
+    };
+    // Built per call like connect does; the interceptor factories only allocate a closure each.
+    let next = innermost;
+    const interceptors = this.options.interceptors;
+    for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i](next as never) as UnaryFn;
+    const req: UnaryRequest = {
+      stream: false,
+      message: input as never,
+      method,
+      service,
+      requestMethod: "POST",
+      url: this.url,
+      // An own getter, so that interceptors that spread the request keep a working signal.
+      get signal() {
+        return call.signal;
+      },
+      header: this.requestHeader,
+      contextValues: this.values,
+    };
+    next(req).then(
+      (res) => this.succeed(res),
+      (error: unknown) => this.fail(error),
+    );
+  }
+
+  private succeed(res: UnaryResponse): void {
+    if (this.ended) return;
+    let body: Uint8Array;
+    try {
+      copyHeaders(res.header, this.responseHeader);
+      copyHeaders(res.trailer, this.responseTrailer);
+      const data = this.route.output.serialize(res.message);
+      const compression = this.compression.response;
+      if (compression && data.byteLength >= this.options.compressMinBytes) {
+        void envelopeCompress({ flags: 0, data }, compression, this.options.compressMinBytes).then(
+          (envelope) => this.respond(encodeEnvelope(envelope.flags, envelope.data), undefined),
+          (error: unknown) => this.fail(error),
+        );
+        return;
+      }
+      body = encodeEnvelope(0, data);
+    } catch (error) {
+      return this.fail(error);
+    }
+    this.respond(body, undefined);
+  }
+
+  private fail(error: unknown): void {
+    if (this.ended) return;
+    const connectError = error instanceof ConnectError ? error : new ConnectError("internal error", Code.Internal, undefined, undefined, error);
+    this.respond(undefined, connectError);
+  }
+
+  private respond(body: Uint8Array | undefined, error: ConnectError | undefined): void {
+    if (this.ended) return;
+    if (error) setTrailerStatus(this.responseTrailer, error);
+    else this.responseTrailer.set("grpc-status", grpcStatusOk);
+    this.end(error ?? COMPLETED);
+    const stream = this.stream;
+    if (stream.destroyed || stream.closed) return;
+    // Whatever the client still sends is read and dropped, so that flow control never stalls.
+    stream.off("data", onData);
+    stream.resume();
+    try {
+      stream.respond(this.responseHeader.toNode({ ":status": 200 }), { waitForTrailers: true });
+      stream.once("wantTrailers", onWantTrailers);
+      stream.end(body);
+    } catch {
+      // The stream went away between the check and the write; nothing is left to tell.
+      stream.destroy();
+    }
+  }
+
+  /** The call has an outcome: abort the handler's signal if it has one, stop the timers. */
+  private end(reason: ConnectError): void {
+    this.ended = reason;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.onShutdown) this.options.shutdownSignal.removeEventListener("abort", this.onShutdown);
+    if (this.controller && !this.controller.signal.aborted) this.controller.abort(reason);
+  }
+
+  /**
+   * The handler's signal, created on first use. It aborts on the deadline (DeadlineExceeded),
+   * when the client cancels, when the server shuts down, and when the call completes, as the
+   * signal of connect's createHandlerContext does.
+   */
+  get signal(): AbortSignal {
+    if (this.controller) return this.controller.signal;
+    const controller = (this.controller = new AbortController());
+    const shutdown = this.options.shutdownSignal;
+    if (this.ended) controller.abort(this.ended);
+    else if (shutdown.aborted) controller.abort(shutdown.reason);
+    else {
+      this.onShutdown = () => controller.abort(shutdown.reason);
+      shutdown.addEventListener("abort", this.onShutdown, { once: true });
+      if (this.deadline !== undefined) {
+        const remaining = this.deadline - Date.now();
+        if (remaining <= 0) controller.abort(deadlineExceeded());
+        else this.timer = setTimeout(() => controller.abort(deadlineExceeded()), remaining);
+      }
+    }
+    return controller.signal;
+  }
 }
+
+/** What connect's invokeUnaryImplementation does when an interceptor returns other Headers. */
+function copyHeaders(from: Headers, to: HeaderMap): void {
+  if (from === to) return;
+  for (const key of [...to.keys()]) to.delete(key);
+  from.forEach((value, key) => to.set(key, value));
+}
+
+/**
+ * Bytes after the first envelope: connect's handler reads on and fails the call with
+ * "incomplete envelope" or "extra input message"; so does this.
+ */
+function checkRest(bytes: Buffer, offset: number, readMaxBytes: number): void {
+  const rest = bytes.length - offset;
+  if (rest === 0) return;
+  if (rest < 5) throw incompleteEnvelope();
+  const length = bytes.readUInt32BE(offset + 1);
+  if (length > readMaxBytes) throw tooLarge(length, readMaxBytes);
+  if (rest < 5 + length) throw incompleteEnvelope();
+  throw extraMessage();
+}
+
+const deadlineExceeded = () => new ConnectError("the operation timed out", Code.DeadlineExceeded);
+const incompleteEnvelope = () => new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
+const extraMessage = () => new ConnectError("protocol error: received extra input message for unary method", Code.Unimplemented);
+const tooLarge = (size: number, readMaxBytes: number) =>
+  new ConnectError(`message size ${size} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);

@@ -9,9 +9,10 @@ import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
 import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health } from "../../../gen/health/v1/health_pb.js";
 import type { TlsConfig } from "../config.js";
-import { contextInterceptor, errorInterceptor, observeInterceptor } from "../interceptors.js";
+import { contextInterceptor, errorInterceptor, observeInterceptor, streamLimitInterceptor } from "../interceptors.js";
 import type { Logger } from "../telemetry/logger.js";
 import { createServiceMetrics, type ServiceMetrics } from "../telemetry/metrics.js";
+import { PEER_ADDRESS_HEADER, PEER_SAN_HEADER } from "../auth/interceptor.js";
 import { createAdminServer } from "./admin.js";
 import { createGrpcFastPath } from "./grpc-fast-path.js";
 import { HealthRegistry, ServingStatus, healthHandlers } from "./health.js";
@@ -44,6 +45,8 @@ export interface OrcaServerOptions {
   fastPath: boolean;
   /** Extra interceptors (auth, rate limits), run between observe and error mapping. */
   interceptors?: Interceptor[];
+  /** Server streams end with Unavailable after this many seconds (clients resume); default 3600. */
+  maxStreamSeconds?: number;
   /** Returns a problem description when a dependency is not ready, undefined when all is well. */
   readiness?: () => Promise<string | undefined>;
 }
@@ -97,6 +100,7 @@ export class OrcaServer {
       contextInterceptor(options.name),
       observeInterceptor({ logger: options.logger, metrics: this.metrics }),
       ...(options.interceptors ?? []),
+      streamLimitInterceptor((options.maxStreamSeconds ?? 3600) * 1000),
       errorInterceptor(options.logger),
     ];
     const acceptCompression = [compressionGzip, compressionBrotli];
@@ -126,6 +130,7 @@ export class OrcaServer {
 
     const onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
       if (this.draining) return refuseStream(stream);
+      setPeerHeaders(headers, stream.session?.socket);
       const counted = !this.streamingPaths.has(headers[":path"] ?? "");
       if (counted) {
         this.inFlight++;
@@ -145,6 +150,7 @@ export class OrcaServer {
       }
       this.inFlight++;
       res.once("close", () => this.callEnded());
+      setPeerHeaders(req.headers, req.socket);
       void connectHandler(req, res);
     };
 
@@ -263,6 +269,26 @@ export class OrcaServer {
     for (const session of this.sessions) session.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.adminServer.close(() => resolve()));
+  }
+}
+
+/**
+ * What the server knows about the connection, as headers for the auth interceptor: the peer
+ * address and, over TLS with a verified client certificate, its URI SAN. Values a client sent
+ * under these names are removed first, so they cannot be forged.
+ */
+function setPeerHeaders(headers: http.IncomingHttpHeaders, socket: net.Socket | TLSSocket | undefined | null): void {
+  delete headers[PEER_ADDRESS_HEADER];
+  delete headers[PEER_SAN_HEADER];
+  if (!socket) return;
+  if (socket.remoteAddress) headers[PEER_ADDRESS_HEADER] = socket.remoteAddress;
+  const tlsSocket = socket as TLSSocket;
+  if (typeof tlsSocket.getPeerCertificate === "function" && tlsSocket.authorized) {
+    const uri = (tlsSocket.getPeerCertificate().subjectaltname ?? "")
+      .split(",")
+      .map((entry) => entry.trim())
+      .find((entry) => entry.startsWith("URI:"));
+    if (uri) headers[PEER_SAN_HEADER] = uri.slice(4);
   }
 }
 
