@@ -64,6 +64,17 @@ export function clusterEnvironment(): Record<string, string> {
     ORCA_TLS_CLIENT_CA_FILE: "",
     ORCA_TLS_ALLOWED_SANS: "",
     OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.observability:4318",
+    ORCA_AUTH: "on",
+    ORCA_TRUST_XFCC: "1",
+    ORCA_JWT_ISSUER: "https://auth.example.com/",
+    ORCA_JWT_AUDIENCE: "orca",
+    ORCA_JWT_JWKS_URL: "https://auth.example.com/.well-known/jwks.json",
+    ORCA_JWT_PUBLIC_KEY_FILE: "",
+    ORCA_JWT_ALGORITHMS: "RS256,ES256",
+    ORCA_JWT_CLOCK_TOLERANCE_S: "30",
+    ORCA_RATE_LIMIT_RPS: "100",
+    ORCA_RATE_LIMIT_BURST: "200",
+    ORCA_MAX_STREAM_SECONDS: "3600",
   };
   for (const name of SERVICE_NAMES) {
     const upper = name.toUpperCase();
