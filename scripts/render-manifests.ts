@@ -76,6 +76,7 @@ export function clusterEnvironment(): Record<string, string> {
     ORCA_RATE_LIMIT_BURST: "200",
     ORCA_MAX_STREAM_SECONDS: "3600",
   };
+  Object.assign(env, SERVICE_SETTINGS);
   for (const name of SERVICE_NAMES) {
     const upper = name.toUpperCase();
     env[`ORCA_${upper}_PORT`] = String(DEFAULT_PORTS[name].grpc);
@@ -84,6 +85,33 @@ export function clusterEnvironment(): Record<string, string> {
   }
   return env;
 }
+
+/** Each service's own settings, at their documented defaults (README, per service). */
+const SERVICE_SETTINGS: Record<string, string> = {
+  // Lock (services/lock/config.ts)
+  ORCA_LOCK_MAX_TTL_MS: "3600000",
+  ORCA_LOCK_DEFAULT_TTL_MS: "30000",
+  ORCA_LOCK_MAX_WAIT_MS: "600000",
+  ORCA_LOCK_MAX_QUEUE: "1000",
+  ORCA_LOCK_AGING_INTERVAL_MS: "100",
+  ORCA_LOCK_MAX_RESOURCE_BYTES: "256",
+  ORCA_LOCK_REAPER_INTERVAL_MS: "1000",
+  ORCA_LOCK_MAX_WATCHERS: "1000",
+  ORCA_LOCK_WAITER_POLL_MS: "1000",
+  ORCA_LOCK_LEASE_RETENTION_MS: "86400000",
+  // Policy (services/policy/config.ts); empty = unset
+  ORCA_POLICY_DIR: "",
+  ORCA_POLICY_DIR_DEBOUNCE_MS: "200",
+  ORCA_POLICY_SENSITIVE_FIELDS: "ip,client_ip,context.ip,context.client_ip,token,password,authorization",
+  ORCA_POLICY_CACHE_MAX_ENTRIES: "10000",
+  ORCA_POLICY_CACHE_TTL_MS: "60000",
+  ORCA_POLICY_MAX_INPUT_BYTES: "65536",
+  ORCA_POLICY_MAX_BUNDLE_BYTES: "4194304",
+  ORCA_POLICY_LOAD_DEFAULTS: "1",
+  ORCA_POLICY_SHADOW_FLUSH_MS: "1000",
+  ORCA_POLICY_BENCHMARK_BUDGET_MS: "10000",
+  ORCA_POLICY_REPLICA: "",
+};
 
 /** Variables that carry credentials live in a Secret, not the ConfigMap. */
 export const SECRET_VARIABLES = ["DATABASE_URL", "REDIS_URL"] as const;

@@ -5,3 +5,4 @@
  */
 export { createOrcaClient, createOrcaTransport, propagationInterceptor, resilienceInterceptor, type ClientOptions } from "./factory.js";
 export { MeshClients } from "./mesh-clients.js";
+export { withLock, LeaseLostError, type WithLockOptions, type LockContext } from "../../lock/client.js";

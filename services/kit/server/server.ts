@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -67,7 +68,12 @@ const PREFACE = "PRI * HTTP/2.0";
 export class OrcaServer {
   readonly health = new HealthRegistry();
   readonly metrics: ServiceMetrics;
-  private readonly shutdownController = new AbortController();
+  private readonly shutdownController = (() => {
+    // Every in-flight call that reads its signal listens to this one; that is not a leak.
+    const controller = new AbortController();
+    setMaxListeners(0, controller.signal);
+    return controller;
+  })();
   private readonly listener: net.Server;
   private readonly h2: http2.Http2Server | http2.Http2SecureServer;
   private readonly adminServer: http.Server;
@@ -284,7 +290,8 @@ function setPeerHeaders(headers: http.IncomingHttpHeaders, socket: net.Socket | 
   if (socket.remoteAddress) headers[PEER_ADDRESS_HEADER] = socket.remoteAddress;
   const tlsSocket = socket as TLSSocket;
   if (typeof tlsSocket.getPeerCertificate === "function" && tlsSocket.authorized) {
-    const uri = (tlsSocket.getPeerCertificate().subjectaltname ?? "")
+    // getPeerCertificate() is null once a rejected socket was destroyed.
+    const uri = (tlsSocket.getPeerCertificate()?.subjectaltname ?? "")
       .split(",")
       .map((entry) => entry.trim())
       .find((entry) => entry.startsWith("URI:"));
