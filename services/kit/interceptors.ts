@@ -1,6 +1,6 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextValues, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
-import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, type Context, type Span } from "@opentelemetry/api";
+import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, type Context, type Span, type SpanOptions } from "@opentelemetry/api";
 import { callInfoKey, callScope, correlationIdFrom, type CallInfo } from "./call-scope.js";
 import { toConnectError } from "./errors.js";
 import { scalarLineLogger, type Logger } from "./telemetry/logger.js";
@@ -60,25 +60,31 @@ function withStream(res: AnyResponse, enter: <R>(fn: () => R) => R, onEnd: (erro
 /** Correlation id, server span and async scope for the whole call. */
 export function contextInterceptor(serviceName: string): Interceptor {
   const tracer = trace.getTracer("orca-kit");
+  // Span name and the method's constant attributes, made once per method (the SDK copies them).
+  const spanStarts = new WeakMap<DescMethod, { name: string; options: SpanOptions }>();
   return (next) => async (req) => {
     const correlationId = correlationIdFrom(req.header.get("x-request-id"), req.header.get("traceparent"));
     const info: CallInfo = { correlationId };
     req.contextValues.set(callInfoKey, info);
     const parent = propagation.extract(otelContext.active(), req.header, headerGetter);
-    const span = tracer.startSpan(
-      `${req.service.typeName}/${req.method.name}`,
-      {
-        kind: SpanKind.SERVER,
-        attributes: {
-          "rpc.system": "grpc",
-          "rpc.service": req.service.typeName,
-          "rpc.method": req.method.name,
-          "orca.service": serviceName,
-          "orca.correlation_id": correlationId,
+    let start = spanStarts.get(req.method);
+    if (start === undefined) {
+      start = {
+        name: `${req.service.typeName}/${req.method.name}`,
+        options: {
+          kind: SpanKind.SERVER,
+          attributes: {
+            "rpc.system": "grpc",
+            "rpc.service": req.service.typeName,
+            "rpc.method": req.method.name,
+            "orca.service": serviceName,
+          },
         },
-      },
-      parent,
-    );
+      };
+      spanStarts.set(req.method, start);
+    }
+    const span = tracer.startSpan(start.name, start.options, parent);
+    span.setAttribute("orca.correlation_id", correlationId);
     const spanContext: Context = trace.setSpan(parent, span);
     try {
       // No per-call closures on the unary path: run() and with() pass the arguments through.

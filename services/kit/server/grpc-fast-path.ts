@@ -151,14 +151,16 @@ class UnaryCall {
   readonly url: string;
   /** Absolute deadline (Date.now() scale) from grpc-timeout. */
   private deadline: number | undefined;
-  private chunks: Buffer[] = [];
+  /** The request body: almost always one chunk, so an array only when a second one comes. */
+  private first: Buffer | undefined;
+  private more: Buffer[] | undefined;
   private received = 0;
   /** Set once the call has an outcome: the reason a signal created from now on starts aborted. */
   private ended: ConnectError | undefined;
   private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
   private onShutdown: (() => void) | undefined;
-  private compression: { request: Compression | null; response: Compression | null } = { request: null, response: null };
+  private compression: { request: Compression | null; response: Compression | null } = NO_COMPRESSION;
 
   constructor(
     private readonly route: UnaryRoute,
@@ -196,11 +198,12 @@ class UnaryCall {
 
   onData(chunk: Buffer): void {
     if (this.ended) return;
-    this.chunks.push(chunk);
+    if (this.first === undefined) this.first = chunk;
+    else (this.more ??= []).push(chunk);
     this.received += chunk.length;
-    if (this.received >= 5 && this.chunks[0].length >= 5) {
+    if (this.received >= 5 && this.first.length >= 5) {
       // Refuse an oversized message as soon as its envelope header says so, as connect does.
-      const declared = this.chunks[0].readUInt32BE(1);
+      const declared = this.first.readUInt32BE(1);
       if (declared > this.options.readMaxBytes) return this.fail(tooLarge(declared, this.options.readMaxBytes));
       // A unary request is one envelope; more than one envelope plus a header is not worth buffering.
       if (this.received > declared + 10) return this.fail(extraMessage());
@@ -211,8 +214,8 @@ class UnaryCall {
     if (this.ended) return;
     let input: unknown;
     try {
-      const bytes = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.received);
-      this.chunks = [];
+      const bytes = this.more ? Buffer.concat([this.first!, ...this.more], this.received) : (this.first ?? EMPTY);
+      this.first = this.more = undefined;
       if (bytes.length === 0) throw new ConnectError("protocol error: missing input message for unary method", Code.Unimplemented);
       if (bytes.length < 5) throw incompleteEnvelope();
       const length = bytes.readUInt32BE(1);
@@ -253,22 +256,21 @@ class UnaryCall {
     const { method, service, impl } = this.route;
     const innermost: UnaryFn = async (req) => {
       // What connect's invokeUnaryImplementation hands the handler (its mergeRequest).
-      const context: HandlerContext = {
+      const context = {
         method,
         service: req.service,
         requestMethod: req.requestMethod,
         protocolName: "grpc",
         url: req.url,
-        get signal() {
-          return req.signal;
-        },
         timeoutMs: () => (call.deadline === undefined ? undefined : call.deadline - Date.now()),
         requestHeader: req.header,
         responseHeader: call.responseHeader,
         responseTrailer: call.responseTrailer,
         values: req.contextValues,
+        [kRequest]: req,
       };
-      const output = await impl(req.message, context);
+      Object.defineProperty(context, "signal", CONTEXT_SIGNAL);
+      const output = await impl(req.message, context as unknown as HandlerContext);
       return {
         stream: false,
         method,
@@ -282,21 +284,19 @@ class UnaryCall {
     let next = innermost;
     const interceptors = this.options.interceptors;
     for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i](next as never) as UnaryFn;
-    const req: UnaryRequest = {
+    const req = {
       stream: false,
       message: input as never,
       method,
       service,
       requestMethod: "POST",
       url: this.url,
-      // An own getter, so that interceptors that spread the request keep a working signal.
-      get signal() {
-        return call.signal;
-      },
       header: this.requestHeader,
       contextValues: this.values,
+      [kCall]: this,
     };
-    next(req).then(
+    Object.defineProperty(req, "signal", REQUEST_SIGNAL);
+    next(req as unknown as UnaryRequest).then(
       (res) => this.succeed(res),
       (error: unknown) => this.fail(error),
     );
@@ -317,7 +317,7 @@ class UnaryCall {
         );
         return;
       }
-      body = encodeEnvelope(0, data);
+      body = envelope(data);
     } catch (error) {
       return this.fail(error);
     }
@@ -380,6 +380,40 @@ class UnaryCall {
     }
     return controller.signal;
   }
+}
+
+const NO_COMPRESSION = { request: null, response: null };
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * `signal` of the request and the handler context: an own, enumerable accessor (so that
+ * interceptors that spread the request keep a working signal) defined with one shared getter.
+ * A getter written in an object literal would be a new closure per call, and V8 gives every
+ * object with its own accessor function a new hidden class.
+ */
+const kRequest = Symbol("orca.fastPathRequest");
+const REQUEST_SIGNAL: PropertyDescriptor = {
+  get(this: { [kCall]: UnaryCall }) {
+    return this[kCall].signal;
+  },
+  enumerable: true,
+  configurable: true,
+};
+const CONTEXT_SIGNAL: PropertyDescriptor = {
+  get(this: { [kRequest]: UnaryRequest }) {
+    return this[kRequest].signal;
+  },
+  enumerable: true,
+  configurable: true,
+};
+
+/** A gRPC envelope in a pooled Buffer (small typed arrays of their own are costly to allocate). */
+function envelope(data: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(5 + data.byteLength);
+  out[0] = 0;
+  out.writeUInt32BE(data.byteLength, 1);
+  out.set(data, 5);
+  return out;
 }
 
 /** What connect's invokeUnaryImplementation does when an interceptor returns other Headers. */

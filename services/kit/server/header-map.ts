@@ -142,6 +142,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Node's http2 rejects anything outside these when sending (Headers would let some through).
 const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 const SURROUNDING_WHITESPACE = /^[\t\n\r ]+|[\t\n\r ]+$/g;
+// One test for the common case: nothing to trim and nothing invalid.
+const NEEDS_CHECK = /^[\t\n\r ]|[\t\n\r ]$|[^\t\x20-\x7e\x80-\xff]/;
 
 function validName(name: string): string {
   if (!TOKEN.test(name)) throw new TypeError(`invalid header name ${JSON.stringify(name)}`);
@@ -149,7 +151,9 @@ function validName(name: string): string {
 }
 
 function validValue(value: string): string {
-  const text = String(value).replace(SURROUNDING_WHITESPACE, "");
-  if (INVALID_VALUE.test(text)) throw new TypeError(`invalid header value ${JSON.stringify(text)}`);
-  return text;
+  const text = typeof value === "string" ? value : String(value);
+  if (!NEEDS_CHECK.test(text)) return text;
+  const trimmed = text.replace(SURROUNDING_WHITESPACE, "");
+  if (INVALID_VALUE.test(trimmed)) throw new TypeError(`invalid header value ${JSON.stringify(trimmed)}`);
+  return trimmed;
 }
