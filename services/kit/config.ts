@@ -70,15 +70,19 @@ export interface OrcaConfig {
   maxStreamSeconds: number;
 }
 
-type Env = Record<string, string | undefined>;
+/**
+ * Readers for one environment variable each, shared by the kit and every service's own config,
+ * so all variables behave alike: blank means unset, bad values throw a ConfigError naming them.
+ */
+export type Env = Record<string, string | undefined>;
 
-function str(env: Env, name: string): string | undefined {
+export function envString(env: Env, name: string): string | undefined {
   const value = env[name];
   return value === undefined || value.trim() === "" ? undefined : value.trim();
 }
 
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = str(env, name);
+export function envInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = envString(env, name);
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
     throw new ConfigError(name, `an integer from ${min} to ${max}`, raw);
@@ -86,16 +90,16 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   return Number(raw);
 }
 
-function bool(env: Env, name: string, fallback: boolean): boolean {
-  const raw = str(env, name);
+export function envBool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = envString(env, name);
   if (raw === undefined) return fallback;
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off)$/i.test(raw)) return false;
   throw new ConfigError(name, "one of 1, 0, true, false, yes, no, on, off", raw);
 }
 
-function url(env: Env, name: string, protocols: string[]): string | undefined {
-  const raw = str(env, name);
+export function envUrl(env: Env, name: string, protocols: string[]): string | undefined {
+  const raw = envString(env, name);
   if (raw === undefined) return undefined;
   let parsed: URL;
   try {
@@ -112,25 +116,25 @@ function url(env: Env, name: string, protocols: string[]): string | undefined {
 const LOG_LEVELS: LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 export function readConfig(env: Env = process.env): OrcaConfig {
-  const host = str(env, "ORCA_HOST") ?? "127.0.0.1";
+  const host = envString(env, "ORCA_HOST") ?? "127.0.0.1";
   const services = {} as Record<ServiceName, ServiceEndpointConfig>;
   for (const name of SERVICE_NAMES) {
     const upper = name.toUpperCase();
-    const port = integer(env, `ORCA_${upper}_PORT`, DEFAULT_PORTS[name].grpc, 0, 65535);
-    const adminPort = integer(env, `ORCA_${upper}_ADMIN_PORT`, DEFAULT_PORTS[name].admin, 0, 65535);
-    const scheme = str(env, "ORCA_TLS_CERT_FILE") ? "https" : "http";
+    const port = envInteger(env, `ORCA_${upper}_PORT`, DEFAULT_PORTS[name].grpc, 0, 65535);
+    const adminPort = envInteger(env, `ORCA_${upper}_ADMIN_PORT`, DEFAULT_PORTS[name].admin, 0, 65535);
+    const scheme = envString(env, "ORCA_TLS_CERT_FILE") ? "https" : "http";
     services[name] = {
       port,
       adminPort,
-      url: url(env, `ORCA_${upper}_URL`, ["http", "https"]) ?? `${scheme}://127.0.0.1:${port}`,
+      url: envUrl(env, `ORCA_${upper}_URL`, ["http", "https"]) ?? `${scheme}://127.0.0.1:${port}`,
     };
   }
 
-  const logLevel = (str(env, "LOG_LEVEL") ?? "info") as LogLevel;
+  const logLevel = (envString(env, "LOG_LEVEL") ?? "info") as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError("LOG_LEVEL", `one of ${LOG_LEVELS.join(", ")}`, logLevel);
 
-  const certFile = str(env, "ORCA_TLS_CERT_FILE");
-  const keyFile = str(env, "ORCA_TLS_KEY_FILE");
+  const certFile = envString(env, "ORCA_TLS_CERT_FILE");
+  const keyFile = envString(env, "ORCA_TLS_KEY_FILE");
   if ((certFile === undefined) !== (keyFile === undefined)) {
     const missing = certFile === undefined ? "ORCA_TLS_CERT_FILE" : "ORCA_TLS_KEY_FILE";
     throw new ConfigError(missing, "a PEM file path (ORCA_TLS_CERT_FILE and ORCA_TLS_KEY_FILE go together)", "");
@@ -140,8 +144,8 @@ export function readConfig(env: Env = process.env): OrcaConfig {
       ? {
           certFile,
           keyFile,
-          clientCaFile: str(env, "ORCA_TLS_CLIENT_CA_FILE"),
-          allowedSans: (str(env, "ORCA_TLS_ALLOWED_SANS") ?? "")
+          clientCaFile: envString(env, "ORCA_TLS_CLIENT_CA_FILE"),
+          allowedSans: (envString(env, "ORCA_TLS_ALLOWED_SANS") ?? "")
             .split(",")
             .map((s) => s.trim())
             .filter(Boolean),
@@ -151,19 +155,19 @@ export function readConfig(env: Env = process.env): OrcaConfig {
     throw new ConfigError("ORCA_TLS_CLIENT_CA_FILE", "a PEM CA file path when ORCA_TLS_ALLOWED_SANS is set", "");
   }
 
-  const authMode = str(env, "ORCA_AUTH");
+  const authMode = envString(env, "ORCA_AUTH");
   if (authMode !== undefined && authMode !== "on" && authMode !== "off") throw new ConfigError("ORCA_AUTH", "on or off", authMode);
-  const issuer = str(env, "ORCA_JWT_ISSUER");
-  const audience = str(env, "ORCA_JWT_AUDIENCE");
-  const jwksUrl = url(env, "ORCA_JWT_JWKS_URL", ["http", "https"]);
-  const publicKeyFile = str(env, "ORCA_JWT_PUBLIC_KEY_FILE");
+  const issuer = envString(env, "ORCA_JWT_ISSUER");
+  const audience = envString(env, "ORCA_JWT_AUDIENCE");
+  const jwksUrl = envUrl(env, "ORCA_JWT_JWKS_URL", ["http", "https"]);
+  const publicKeyFile = envString(env, "ORCA_JWT_PUBLIC_KEY_FILE");
   const jwtConfigured = issuer ?? audience ?? jwksUrl ?? publicKeyFile;
   if (jwtConfigured !== undefined) {
     if (!issuer) throw new ConfigError("ORCA_JWT_ISSUER", "the issuer (iss) end-user tokens must carry", "");
     if (!audience) throw new ConfigError("ORCA_JWT_AUDIENCE", "the audience (aud) end-user tokens must carry", "");
     if (!jwksUrl && !publicKeyFile) throw new ConfigError("ORCA_JWT_JWKS_URL", "a JWKS URL (or set ORCA_JWT_PUBLIC_KEY_FILE)", "");
   }
-  const algorithms = (str(env, "ORCA_JWT_ALGORITHMS") ?? "RS256,ES256").split(",").map((a) => a.trim());
+  const algorithms = (envString(env, "ORCA_JWT_ALGORITHMS") ?? "RS256,ES256").split(",").map((a) => a.trim());
   for (const algorithm of algorithms) {
     if (!/^(RS|PS|ES)(256|384|512)$|^EdDSA$/.test(algorithm)) {
       throw new ConfigError("ORCA_JWT_ALGORITHMS", "asymmetric JWS algorithms such as RS256,ES256,EdDSA (never none or HS*)", algorithm);
@@ -175,29 +179,29 @@ export function readConfig(env: Env = process.env): OrcaConfig {
       mode: authMode as "on" | "off" | undefined,
       jwt:
         issuer && audience
-          ? { issuer, audience, algorithms, clockToleranceSeconds: integer(env, "ORCA_JWT_CLOCK_TOLERANCE_S", 30, 0, 300), jwksUrl, publicKeyFile }
+          ? { issuer, audience, algorithms, clockToleranceSeconds: envInteger(env, "ORCA_JWT_CLOCK_TOLERANCE_S", 30, 0, 300), jwksUrl, publicKeyFile }
           : undefined,
-      trustXfcc: bool(env, "ORCA_TRUST_XFCC", false),
+      trustXfcc: envBool(env, "ORCA_TRUST_XFCC", false),
       rateLimit:
-        str(env, "ORCA_RATE_LIMIT_RPS") === undefined
+        envString(env, "ORCA_RATE_LIMIT_RPS") === undefined
           ? undefined
           : {
-              ratePerSecond: integer(env, "ORCA_RATE_LIMIT_RPS", 100, 1, 1_000_000),
-              burst: integer(env, "ORCA_RATE_LIMIT_BURST", 200, 1, 10_000_000),
+              ratePerSecond: envInteger(env, "ORCA_RATE_LIMIT_RPS", 100, 1, 1_000_000),
+              burst: envInteger(env, "ORCA_RATE_LIMIT_BURST", 200, 1, 10_000_000),
             },
     },
-    maxStreamSeconds: integer(env, "ORCA_MAX_STREAM_SECONDS", 3600, 1, 86_400),
+    maxStreamSeconds: envInteger(env, "ORCA_MAX_STREAM_SECONDS", 3600, 1, 86_400),
     host,
     services,
-    databaseUrl: url(env, "DATABASE_URL", ["postgres", "postgresql"]),
-    dataDir: str(env, "ORCA_DATA_DIR") ?? "./.orca-data",
-    redisUrl: url(env, "REDIS_URL", ["redis", "rediss"]),
+    databaseUrl: envUrl(env, "DATABASE_URL", ["postgres", "postgresql"]),
+    dataDir: envString(env, "ORCA_DATA_DIR") ?? "./.orca-data",
+    redisUrl: envUrl(env, "REDIS_URL", ["redis", "rediss"]),
     logLevel,
     tls,
-    shutdownGraceMs: integer(env, "ORCA_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
-    maxMessageBytes: integer(env, "ORCA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
-    clientTimeoutMs: integer(env, "ORCA_CLIENT_TIMEOUT_MS", 5_000, 1, 3_600_000),
-    grpcFastPath: bool(env, "ORCA_GRPC_FAST_PATH", true),
-    otlpEndpoint: url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http", "https"]),
+    shutdownGraceMs: envInteger(env, "ORCA_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    maxMessageBytes: envInteger(env, "ORCA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
+    clientTimeoutMs: envInteger(env, "ORCA_CLIENT_TIMEOUT_MS", 5_000, 1, 3_600_000),
+    grpcFastPath: envBool(env, "ORCA_GRPC_FAST_PATH", true),
+    otlpEndpoint: envUrl(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http", "https"]),
   };
 }

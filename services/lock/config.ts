@@ -1,4 +1,4 @@
-import { ConfigError } from "../kit/config.js";
+import { ConfigError, envInteger, type Env } from "../kit/config.js";
 
 /**
  * Lock service settings, read from the environment once in `create()` (same style as the kit's
@@ -39,35 +39,24 @@ export interface LockConfig {
   leaseRetentionMs: number;
 }
 
-type Env = Record<string, string | undefined>;
-
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === "") return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
-    throw new ConfigError(name, `an integer from ${min} to ${max}`, raw);
-  }
-  return Number(raw);
-}
-
 const HOUR = 3_600_000;
 
 export function readLockConfig(env: Env = process.env): LockConfig {
-  const maxTtlMs = integer(env, "ORCA_LOCK_MAX_TTL_MS", HOUR, 1, 7 * 24 * HOUR);
-  const defaultTtlMs = integer(env, "ORCA_LOCK_DEFAULT_TTL_MS", Math.min(30_000, maxTtlMs), 1, 7 * 24 * HOUR);
+  const maxTtlMs = envInteger(env, "ORCA_LOCK_MAX_TTL_MS", HOUR, 1, 7 * 24 * HOUR);
+  const defaultTtlMs = envInteger(env, "ORCA_LOCK_DEFAULT_TTL_MS", Math.min(30_000, maxTtlMs), 1, 7 * 24 * HOUR);
   if (defaultTtlMs > maxTtlMs) {
     throw new ConfigError("ORCA_LOCK_DEFAULT_TTL_MS", `an integer from 1 to ORCA_LOCK_MAX_TTL_MS (${maxTtlMs})`, String(defaultTtlMs));
   }
   return {
     maxTtlMs,
     defaultTtlMs,
-    maxWaitMs: integer(env, "ORCA_LOCK_MAX_WAIT_MS", 10 * 60_000, 0, 24 * HOUR),
-    maxQueue: integer(env, "ORCA_LOCK_MAX_QUEUE", 1000, 1, 1_000_000),
-    agingIntervalMs: integer(env, "ORCA_LOCK_AGING_INTERVAL_MS", 100, 1, HOUR),
-    maxResourceBytes: integer(env, "ORCA_LOCK_MAX_RESOURCE_BYTES", 256, 1, 256),
-    reaperIntervalMs: integer(env, "ORCA_LOCK_REAPER_INTERVAL_MS", 1000, 10, 60_000),
-    maxWatchers: integer(env, "ORCA_LOCK_MAX_WATCHERS", 1000, 1, 100_000),
-    waiterPollMs: integer(env, "ORCA_LOCK_WAITER_POLL_MS", 1000, 10, 600_000),
-    leaseRetentionMs: integer(env, "ORCA_LOCK_LEASE_RETENTION_MS", 24 * HOUR, 24 * HOUR, 365 * 24 * HOUR),
+    maxWaitMs: envInteger(env, "ORCA_LOCK_MAX_WAIT_MS", 10 * 60_000, 0, 24 * HOUR),
+    maxQueue: envInteger(env, "ORCA_LOCK_MAX_QUEUE", 1000, 1, 1_000_000),
+    agingIntervalMs: envInteger(env, "ORCA_LOCK_AGING_INTERVAL_MS", 100, 1, HOUR),
+    maxResourceBytes: envInteger(env, "ORCA_LOCK_MAX_RESOURCE_BYTES", 256, 1, 256),
+    reaperIntervalMs: envInteger(env, "ORCA_LOCK_REAPER_INTERVAL_MS", 1000, 10, 60_000),
+    maxWatchers: envInteger(env, "ORCA_LOCK_MAX_WATCHERS", 1000, 1, 100_000),
+    waiterPollMs: envInteger(env, "ORCA_LOCK_WAITER_POLL_MS", 1000, 10, 600_000),
+    leaseRetentionMs: envInteger(env, "ORCA_LOCK_LEASE_RETENTION_MS", 24 * HOUR, 24 * HOUR, 365 * 24 * HOUR),
   };
 }

@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import { ConfigError } from "../kit/config.js";
+import { ConfigError, envBool, envInteger, envString, type Env } from "../kit/config.js";
 
 /**
  * Policy service settings, read from the environment once in create(), validated like the kit's
@@ -30,28 +30,6 @@ export interface PolicyConfig {
   replica: string;
 }
 
-type Env = Record<string, string | undefined>;
-
-function str(env: Env, name: string): string | undefined {
-  const value = env[name];
-  return value === undefined || value.trim() === "" ? undefined : value.trim();
-}
-
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = str(env, name);
-  if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new ConfigError(name, `an integer from ${min} to ${max}`, raw);
-  return Number(raw);
-}
-
-function bool(env: Env, name: string, fallback: boolean): boolean {
-  const raw = str(env, name);
-  if (raw === undefined) return fallback;
-  if (/^(1|true|yes|on)$/i.test(raw)) return true;
-  if (/^(0|false|no|off)$/i.test(raw)) return false;
-  throw new ConfigError(name, "one of 1, 0, true, false, yes, no, on, off", raw);
-}
-
 /** Masked unless configured otherwise: the usual credentials and client addresses (PII). */
 export const DEFAULT_SENSITIVE_FIELDS = ["ip", "client_ip", "context.ip", "context.client_ip", "token", "password", "authorization"];
 
@@ -68,16 +46,16 @@ export function readPolicyConfig(env: Env = process.env): PolicyConfig {
     if (!/^[^.\s]+(\.[^.\s]+)*$/.test(field)) throw new ConfigError("ORCA_POLICY_SENSITIVE_FIELDS", "comma-separated dotted paths like ip,context.user.email", sensitiveRaw ?? "");
   }
   return {
-    dir: str(env, "ORCA_POLICY_DIR"),
-    dirDebounceMs: integer(env, "ORCA_POLICY_DIR_DEBOUNCE_MS", 200, 0, 60_000),
+    dir: envString(env, "ORCA_POLICY_DIR"),
+    dirDebounceMs: envInteger(env, "ORCA_POLICY_DIR_DEBOUNCE_MS", 200, 0, 60_000),
     sensitiveFields,
-    cacheMaxEntries: integer(env, "ORCA_POLICY_CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
-    cacheTtlMs: integer(env, "ORCA_POLICY_CACHE_TTL_MS", 60_000, 1, 86_400_000),
-    maxInputBytes: integer(env, "ORCA_POLICY_MAX_INPUT_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024),
-    maxBundleBytes: integer(env, "ORCA_POLICY_MAX_BUNDLE_BYTES", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
-    loadDefaults: bool(env, "ORCA_POLICY_LOAD_DEFAULTS", true),
-    shadowFlushMs: integer(env, "ORCA_POLICY_SHADOW_FLUSH_MS", 1000, 10, 600_000),
-    benchmarkBudgetMs: integer(env, "ORCA_POLICY_BENCHMARK_BUDGET_MS", 10_000, 10, 600_000),
-    replica: str(env, "ORCA_POLICY_REPLICA") ?? `${hostname()}:${process.pid}`,
+    cacheMaxEntries: envInteger(env, "ORCA_POLICY_CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
+    cacheTtlMs: envInteger(env, "ORCA_POLICY_CACHE_TTL_MS", 60_000, 1, 86_400_000),
+    maxInputBytes: envInteger(env, "ORCA_POLICY_MAX_INPUT_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024),
+    maxBundleBytes: envInteger(env, "ORCA_POLICY_MAX_BUNDLE_BYTES", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
+    loadDefaults: envBool(env, "ORCA_POLICY_LOAD_DEFAULTS", true),
+    shadowFlushMs: envInteger(env, "ORCA_POLICY_SHADOW_FLUSH_MS", 1000, 10, 600_000),
+    benchmarkBudgetMs: envInteger(env, "ORCA_POLICY_BENCHMARK_BUDGET_MS", 10_000, 10, 600_000),
+    replica: envString(env, "ORCA_POLICY_REPLICA") ?? `${hostname()}:${process.pid}`,
   };
 }
