@@ -143,6 +143,7 @@ describe("Kubernetes and Istio manifests", () => {
         else if (entry.name.endsWith(".ts")) {
           const source = readFileSync(path, "utf8");
           for (const match of source.matchAll(/["'`]((?:ORCA|OTEL)_[A-Z0-9_]+|DATABASE_URL|REDIS_URL|LOG_LEVEL)["'`]/g)) read.add(match[1]);
+          for (const match of source.matchAll(/\benv\.((?:ORCA|OTEL)_[A-Z0-9_]+)/g)) read.add(match[1]);
         }
       }
     };

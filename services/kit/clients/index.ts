@@ -6,3 +6,4 @@
 export { createOrcaClient, createOrcaTransport, propagationInterceptor, resilienceInterceptor, type ClientOptions } from "./factory.js";
 export { MeshClients } from "./mesh-clients.js";
 export { withLock, LeaseLostError, type WithLockOptions, type LockContext } from "../../lock/client.js";
+export { CacheHelper, NearCache, createCacheClient, type CacheClient } from "../../cache/client.js";

@@ -766,7 +766,8 @@ export const WatchInvalidationsResponseSchema: GenMessage<WatchInvalidationsResp
  */
 export type InvalidationEvent = Message<"orca.cache.v1.InvalidationEvent"> & {
   /**
-   * The namespace concerned.
+   * The namespace concerned. Empty only in a FLUSH sent to a stream that watches every namespace
+   * of the tenant (`namespaces` empty in the request): it means all of them.
    *
    * @generated from field: string namespace = 1;
    */
