@@ -6,7 +6,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
-import { MonitorService } from "../../gen/orca/monitor/v1/monitor_pb.js";
+import { LockService } from "../../gen/orca/lock/v1/lock_pb.js";
 import { SERVICE_NAMES } from "../../services/kit/catalog.js";
 import { runBufCurl } from "../support/buf-curl.js";
 
@@ -79,9 +79,11 @@ describe("orca up", () => {
     expect(res.status).toBe(200);
   });
 
-  it("answers an unbuilt RPC with Unimplemented naming the missing feature, not a fake success", async () => {
-    // The Monitor is the last service to be built (issue #8).
-    const monitor = createClient(MonitorService, createGrpcTransport({ baseUrl: endpoints.get("monitor")!.url }));
-    await expect(monitor.listAlerts({})).rejects.toThrow(/\[unimplemented\].*issue #8/);
+  it("serves real calls across the mesh: a Lock lease round trip", async () => {
+    const lock = createClient(LockService, createGrpcTransport({ baseUrl: endpoints.get("lock")!.url }));
+    const { lease } = await lock.acquire({ resource: "orca-up/test", owner: "orca-up-test", ttl: { seconds: 10n } });
+    expect(lease?.fencingToken).toBeGreaterThan(0n);
+    const released = await lock.release({ leaseId: lease!.leaseId, fencingToken: lease!.fencingToken });
+    expect(released.alreadyReleased).toBe(false);
   });
 });

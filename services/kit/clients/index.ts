@@ -7,3 +7,4 @@ export { createOrcaClient, createOrcaTransport, propagationInterceptor, resilien
 export { MeshClients } from "./mesh-clients.js";
 export { withLock, LeaseLostError, type WithLockOptions, type LockContext } from "../../lock/client.js";
 export { CacheHelper, NearCache, createCacheClient, type CacheClient } from "../../cache/client.js";
+export { WebhookVerifier, verifyWebhookSignature, parseSignatureHeader, type WebhookVerification } from "../../monitor/verify-webhook.js";
