@@ -13,11 +13,12 @@ export async function callAny(
   method: DescMethod,
   init: Record<string, unknown>,
   headers: Record<string, string>,
+  timeoutMs = 5_000,
 ): Promise<ConnectError | undefined> {
   const client = createClient(service, transport) as unknown as Record<string, (...args: unknown[]) => unknown>;
   const fn = client[method.localName];
   const message = create(method.input, init as never);
-  const options = { headers, timeoutMs: 5_000 };
+  const options = { headers, timeoutMs };
   try {
     switch (method.methodKind) {
       case "unary":
