@@ -1,5 +1,5 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ContextValues, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { Code, ConnectError, type ContextValues, type Interceptor, type StreamRequest, type StreamResponse, type UnaryRequest, type UnaryResponse } from "@connectrpc/connect";
 import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, type Context, type Span, type SpanOptions } from "@opentelemetry/api";
 import { callInfoKey, callScope, correlationIdFrom, type CallInfo } from "./call-scope.js";
 import { toConnectError } from "./errors.js";
@@ -14,6 +14,29 @@ import type { MethodMetrics, ServiceMetrics } from "./telemetry/metrics.js";
  */
 
 type AnyResponse = UnaryResponse | StreamResponse;
+
+/**
+ * Runs `check` on every request message before the handler sees it: the one message of a unary
+ * or server-streaming call at once, each message of a client stream as it arrives.
+ */
+export function checkRequestMessages(req: UnaryRequest | StreamRequest, check: (message: Record<string, unknown>) => void): UnaryRequest | StreamRequest {
+  if (!req.stream) {
+    check(req.message as unknown as Record<string, unknown>);
+    return req;
+  }
+  const source = req.message;
+  return {
+    ...req,
+    message: (async function* () {
+      for await (const message of source) {
+        check(message as unknown as Record<string, unknown>);
+        yield message;
+      }
+    })(),
+  };
+}
+type NextFn = Parameters<Interceptor>[0];
+type AnyRequest = Parameters<NextFn>[0];
 
 /** gRPC code names as go-grpc-prometheus writes them ("OK", "InvalidArgument", ...). */
 export function codeName(code: Code | 0): string {
@@ -128,6 +151,8 @@ export function observeInterceptor(deps: { logger: Logger; metrics: ServiceMetri
       entry = {
         name: `${req.service.typeName}/${req.method.name}`,
         metrics: metrics.method(req.method.methodKind, req.service.typeName, req.method.name),
+        log: rpcLog,
+        logByCode: new Map(),
       };
       byMethod.set(req.method, entry);
     }
@@ -141,14 +166,14 @@ export function observeInterceptor(deps: { logger: Logger; metrics: ServiceMetri
     try {
       res = await next(req);
     } catch (error) {
-      finishCall(rpcLog, method, req.contextValues, startedAt, error);
+      finishCall(method, req.contextValues, startedAt, error);
       throw error;
     }
     if (!res.stream) {
-      finishCall(rpcLog, method, req.contextValues, startedAt, undefined);
+      finishCall(method, req.contextValues, startedAt, undefined);
       return res;
     }
-    return withStream(res, (fn) => fn(), (error) => finishCall(rpcLog, method, req.contextValues, startedAt, error));
+    return withStream(res, (fn) => fn(), (error) => finishCall(method, req.contextValues, startedAt, error));
   };
 }
 
@@ -156,19 +181,22 @@ interface ObservedMethod {
   /** "package.Service/Method", as logged. */
   name: string;
   metrics: MethodMetrics;
+  log: Logger;
+  /**
+   * Child loggers with `method` and `code` bound: pino serializes bindings once, so each line
+   * only formats its duration and correlation id. The line reads the same.
+   */
+  logByCode: Map<Code | 0, Logger>;
 }
 
-function finishCall(log: Logger, method: ObservedMethod, values: ContextValues, startedAt: number, error: unknown): void {
+function finishCall(method: ObservedMethod, values: ContextValues, startedAt: number, error: unknown): void {
   const seconds = (performance.now() - startedAt) / 1000;
   const code = error === undefined ? 0 : ConnectError.from(error).code;
   const name = codeName(code);
   method.metrics.handled(name, seconds);
-  const line = {
-    method: method.name,
-    code: name,
-    durationMs: Math.round(seconds * 1e6) / 1e3,
-    correlationId: values.get(callInfoKey)?.correlationId,
-  };
+  let log = method.logByCode.get(code);
+  if (log === undefined) method.logByCode.set(code, (log = method.log.child({ method: method.name, code: name })));
+  const line = { durationMs: Math.round(seconds * 1e6) / 1e3, correlationId: values.get(callInfoKey)?.correlationId };
   if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) log.error(line, "rpc");
   else log.info(line, "rpc");
 }
@@ -203,35 +231,39 @@ export function errorInterceptor(logger: Logger): Interceptor {
  * lives forever; the contracts tell clients to resume (e.g. WatchRun from its last sequence).
  */
 export function streamLimitInterceptor(maxMs: number): Interceptor {
-  return (next) => async (req) => {
-    const res = await next(req);
-    if (!res.stream) return res;
-    const source = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        const it = source[Symbol.asyncIterator]();
-        const deadline = Date.now() + maxMs;
-        let timer: NodeJS.Timeout | undefined;
-        try {
-          for (;;) {
-            const expired = new Promise<"expired">((resolve) => {
-              timer = setTimeout(() => resolve("expired"), Math.max(0, deadline - Date.now()));
-            });
-            const result = await Promise.race([it.next(), expired]);
-            clearTimeout(timer);
-            if (result === "expired") throw new ConnectError(`stream reached its maximum duration of ${Math.round(maxMs / 1000)} s; reconnect to resume`, Code.Unavailable);
-            if (result.done) return;
-            yield result.value;
-          }
-        } finally {
+  // Calls without a response stream pass straight through, without an async frame of their own.
+  return (next) => (req) =>
+    req.method.methodKind === "unary" || req.method.methodKind === "client_streaming" ? next(req) : limitStream(next, req, maxMs);
+}
+
+async function limitStream(next: NextFn, req: AnyRequest, maxMs: number): Promise<AnyResponse> {
+  const res = await next(req);
+  if (!res.stream) return res;
+  const source = res.message;
+  return {
+    ...res,
+    message: (async function* () {
+      const it = source[Symbol.asyncIterator]();
+      const deadline = Date.now() + maxMs;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        for (;;) {
+          const expired = new Promise<"expired">((resolve) => {
+            timer = setTimeout(() => resolve("expired"), Math.max(0, deadline - Date.now()));
+          });
+          const result = await Promise.race([it.next(), expired]);
           clearTimeout(timer);
-          // Not awaited: after expiry the source may still be inside next(), and it only settles
-          // once the call's signal aborts, which happens after this generator ends.
-          void it.return?.()?.catch(() => undefined);
+          if (result === "expired") throw new ConnectError(`stream reached its maximum duration of ${Math.round(maxMs / 1000)} s; reconnect to resume`, Code.Unavailable);
+          if (result.done) return;
+          yield result.value;
         }
-      })(),
-    };
+      } finally {
+        clearTimeout(timer);
+        // Not awaited: after expiry the source may still be inside next(), and it only settles
+        // once the call's signal aborts, which happens after this generator ends.
+        void it.return?.()?.catch(() => undefined);
+      }
+    })(),
   };
 }
 

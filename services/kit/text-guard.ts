@@ -1,5 +1,6 @@
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { checkRequestMessages } from "./interceptors.js";
 
 /**
  * Postgres text and jsonb cannot hold a NUL character, so a request string carrying one would
@@ -63,20 +64,5 @@ export function textGuardInterceptor(): Interceptor {
     const path = findNul(schema, message as Record<string, unknown>, "", 0);
     if (path) throw new ConnectError(`${path}: must not contain NUL characters`, Code.InvalidArgument);
   };
-  return (next) => async (req) => {
-    if (!req.stream) {
-      check(req.method.input, req.message);
-      return next(req);
-    }
-    const source = req.message;
-    return next({
-      ...req,
-      message: (async function* () {
-        for await (const message of source) {
-          check(req.method.input, message);
-          yield message;
-        }
-      })(),
-    });
-  };
+  return (next) => async (req) => next(checkRequestMessages(req, (message) => check(req.method.input, message)));
 }

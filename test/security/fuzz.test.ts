@@ -51,6 +51,10 @@ const TARGETS: Record<string, FuzzTarget> = {
     // can reach the network or run a command.
     countedTables: ["workflows", "runs", "task_runs", "run_events", "completions"],
   },
+  scheduler: {
+    // No Orchestrator runs beside it: calls that need one answer NotFound/Unavailable.
+    module: SERVICE_MODULES.scheduler,
+  },
   monitor: {
     module: SERVICE_MODULES.monitor,
     backgroundKinds: ["target.status_changed"],

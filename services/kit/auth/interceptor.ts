@@ -2,6 +2,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel as IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { callInfoKey } from "../call-scope.js";
+import { checkRequestMessages } from "../interceptors.js";
 import type { ServiceName } from "../catalog.js";
 import { ACCESS_TABLE, PUBLIC_SERVICES, type AccessRule } from "./access-table.js";
 import type { AuditLog } from "./audit.js";
@@ -104,20 +105,7 @@ export function authInterceptor(options: AuthInterceptorOptions): Interceptor {
         throw deny(Code.PermissionDenied, problem);
       }
     };
-    if (!req.stream) {
-      checkTenant(req.message as unknown as Record<string, unknown>);
-      return next(req);
-    }
-    const source = req.message;
-    return next({
-      ...req,
-      message: (async function* () {
-        for await (const message of source) {
-          checkTenant(message as unknown as Record<string, unknown>);
-          yield message;
-        }
-      })(),
-    });
+    return next(checkRequestMessages(req, checkTenant));
   };
 }
 

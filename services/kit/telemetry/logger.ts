@@ -16,7 +16,7 @@ export function createLogger(options: { level: LogLevel; service?: string; desti
       redact: { paths: ["*.authorization", "*.cookie", "*.token", "*.secret", "*.password"], censor: "[redacted]" },
       formatters: { level: (label) => ({ level: label }) },
     },
-    options.destination,
+    batchedDestination(options.destination),
   );
 }
 
@@ -44,4 +44,95 @@ function isoTime(): string {
     lastTime = `,"time":"${new Date(now).toISOString()}"`;
   }
   return lastTime;
+}
+
+/** The parts of sonic-boom (what pino.destination() returns) the batching below relies on. */
+interface SonicBoomLike {
+  write(chunk: string): boolean;
+  flush?(cb?: (error?: Error) => void): void;
+  flushSync(): void;
+}
+
+function isSonicBoom(stream: pino.DestinationStream | undefined): stream is pino.DestinationStream & SonicBoomLike {
+  return typeof (stream as Partial<SonicBoomLike> | undefined)?.flushSync === "function";
+}
+
+/**
+ * pino's own destination (sonic-boom, also what pino writes stdout with) is given its lines in
+ * batches, one write per event-loop turn. sonic-boom appends each line to the text it has not
+ * written yet and measures that text's byte length on every write, which copies it whole; on a
+ * busy server, with a write in flight, that is kilobytes copied per line (a fifth of all
+ * allocation in the RPC benchmark). Joining a turn's lines first makes it one copy per turn.
+ * Lines wait at most until the end of the current turn, and are written synchronously if the
+ * process exits first. Other destinations (streams in tests) get every line as it comes.
+ */
+function batchedDestination(destination: pino.DestinationStream | undefined): pino.DestinationStream | undefined {
+  if (destination === undefined) {
+    // What pino does without a destination, unless something replaced process.stdout.write.
+    if (process.stdout.write !== Object.getPrototypeOf(process.stdout).write) return undefined;
+    destination = pino.destination(process.stdout.fd ?? 1);
+  }
+  if (!isSonicBoom(destination)) return destination;
+  // One batcher per destination, so that loggers sharing a destination keep their lines in order.
+  let batcher = batchers.get(destination);
+  if (batcher === undefined) batchers.set(destination, (batcher = new LineBatcher(destination)));
+  return batcher;
+}
+
+const batchers = new WeakMap<SonicBoomLike, LineBatcher>();
+
+const pendingBatchers = new Set<LineBatcher>();
+let exitHookInstalled = false;
+
+class LineBatcher implements pino.DestinationStream {
+  private lines: string[] = [];
+  private scheduled = false;
+
+  constructor(private readonly target: SonicBoomLike) {
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.once("exit", () => {
+        for (const batcher of pendingBatchers) batcher.flushSync();
+      });
+    }
+  }
+
+  write(line: string): boolean {
+    this.lines.push(line);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      pendingBatchers.add(this);
+      setImmediate(this.drain);
+    }
+    return true;
+  }
+
+  /** pino's logger.flush(). */
+  flush(cb?: (error?: Error) => void): void {
+    this.drain();
+    if (this.target.flush) this.target.flush(cb);
+    else cb?.();
+  }
+
+  flushSync(): void {
+    this.drain();
+    try {
+      this.target.flushSync();
+    } catch {
+      // sonic-boom throws while its file is still opening; it writes what it has once open.
+    }
+  }
+
+  private readonly drain = (): void => {
+    this.scheduled = false;
+    pendingBatchers.delete(this);
+    if (this.lines.length === 0) return;
+    const chunk = this.lines.length === 1 ? this.lines[0] : this.lines.join("");
+    this.lines = [];
+    try {
+      this.target.write(chunk);
+    } catch {
+      // The destination was closed (shutdown); a log line must not crash the process.
+    }
+  };
 }
