@@ -31,3 +31,15 @@ export function correlationIdFrom(requestId: string | null | undefined, tracepar
   if (trace && trace[1] !== "00000000000000000000000000000000") return trace[1];
   return randomUUID();
 }
+
+/**
+ * The tenant a handler must confine itself to for objects addressed by id alone: the end user's
+ * tenant, or undefined when the caller may see every tenant (a mesh service acting for its own
+ * caller, an admin of "*", or authentication off in development). Such an object of another
+ * tenant is answered NotFound, as if it did not exist.
+ */
+export function callerTenant(values: { get<T>(key: import("@connectrpc/connect").ContextKey<T>): T }): string | undefined {
+  const principal = values.get(callInfoKey)?.principal;
+  if (!principal || principal.tenant === undefined || principal.tenant === "*") return undefined;
+  return principal.tenant;
+}

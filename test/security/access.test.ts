@@ -1,4 +1,4 @@
-import type { DescService } from "@bufbuild/protobuf";
+import type { DescMessage, DescService } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -132,7 +132,17 @@ describe("authorization enforced on every method", async () => {
   });
 
   describe("tenant isolation at the door: every RPC whose request names a tenant", () => {
-    const tenantMethods = methods.filter((m) => m.method.input.fields.some((f) => f.name === "tenant"));
+    /** A request naming `tenant` wherever the method's request carries one (top level or one level down). */
+    const withTenant = (input: DescMessage, tenant: string): Record<string, unknown> | undefined => {
+      if (input.fields.some((f) => f.name === "tenant" && f.fieldKind === "scalar")) return { tenant };
+      for (const field of input.fields) {
+        if (field.oneof) continue;
+        if (field.fieldKind === "message" && field.message.fields.some((f) => f.name === "tenant")) return { [field.localName]: { tenant } };
+        if (field.fieldKind === "list" && field.listKind === "message" && field.message.fields.some((f) => f.name === "tenant")) return { [field.localName]: [{ tenant }] };
+      }
+      return undefined;
+    };
+    const tenantMethods = methods.filter((m) => withTenant(m.method.input, "x") !== undefined);
 
     it("covers the tenant-owned RPCs of every service", () => {
       const owners = new Set(tenantMethods.map((m) => m.owner));
@@ -142,9 +152,9 @@ describe("authorization enforced on every method", async () => {
     it("denies another tenant's name to an end user of every role, and lets their own through", async () => {
       const token = await issuer.sign({ sub: "mallory", roles: [...ROLES], tenant: "acme" });
       for (const m of tenantMethods) {
-        const cross = await callAny(transport(), m.service, m.method, { tenant: "globex" }, { authorization: `Bearer ${token}` });
+        const cross = await callAny(transport(), m.service, m.method, withTenant(m.method.input, "globex")!, { authorization: `Bearer ${token}` });
         expect(cross?.code, `${m.key} with tenant globex`).toBe(Code.PermissionDenied);
-        const own = await callAny(transport(), m.service, m.method, { tenant: "acme" }, { authorization: `Bearer ${token}` });
+        const own = await callAny(transport(), m.service, m.method, withTenant(m.method.input, "acme")!, { authorization: `Bearer ${token}` });
         expect(own?.code, `${m.key} with own tenant`).toBe(Code.Unimplemented);
       }
     });

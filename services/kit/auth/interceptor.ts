@@ -51,18 +51,32 @@ function allowed(principal: Principal, rule: AccessRule): boolean {
 }
 
 /**
- * Tenant isolation at the door: a request message's top-level `tenant` must be the caller's
- * tenant (an empty one is filled in), so services that scope every query by the request tenant
- * cannot be asked for another tenant's objects. Services act for whichever tenant their own
- * caller named; admins with tenant "*" for any.
+ * Tenant isolation at the door: every `tenant` field of a request (top level, or inside a
+ * top-level message or list of messages, such as CreateSchedule's `schedule.tenant` or
+ * BatchDecide's `requests[].tenant`) must be the caller's tenant; an empty one is filled in. So
+ * services that scope every query by the request tenant cannot be asked for another tenant's
+ * objects. Services act for whichever tenant their own caller named; admins with tenant "*" for
+ * any. Objects addressed by id alone are checked by the services (see `callerTenant`).
  */
-function enforceTenant(principal: Principal, schema: DescMessage, message: Record<string, unknown>): string | undefined {
+function enforceTenant(principal: Principal, schema: DescMessage, message: Record<string, unknown>, path = "", depth = 0): string | undefined {
   if (principal.kind !== "user" || principal.tenant === ALL_TENANTS) return undefined;
-  const field = schema.fields.find((f) => f.name === "tenant" && f.fieldKind === "scalar");
-  if (!field) return undefined;
-  const requested = message[field.localName] as string;
-  if (requested !== "" && requested !== principal.tenant) return `tenant: the caller acts for tenant "${principal.tenant}", not "${requested}"`;
-  message[field.localName] = principal.tenant;
+  for (const field of schema.fields) {
+    const name = path ? `${path}.${field.name}` : field.name;
+    if (field.name === "tenant" && field.fieldKind === "scalar") {
+      const requested = message[field.localName] as string;
+      if (requested !== "" && requested !== principal.tenant) return `${name}: the caller acts for tenant "${principal.tenant}", not "${requested}"`;
+      message[field.localName] = principal.tenant;
+    } else if (depth === 0 && field.fieldKind === "message" && !field.oneof && message[field.localName]) {
+      const problem = enforceTenant(principal, field.message, message[field.localName] as Record<string, unknown>, name, depth + 1);
+      if (problem) return problem;
+    } else if (depth === 0 && field.fieldKind === "list" && field.listKind === "message") {
+      const items = message[field.localName] as Record<string, unknown>[];
+      for (let i = 0; i < items.length; i++) {
+        const problem = enforceTenant(principal, field.message, items[i], `${name}[${i}]`, depth + 1);
+        if (problem) return problem;
+      }
+    }
+  }
   return undefined;
 }
 
