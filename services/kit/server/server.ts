@@ -11,7 +11,7 @@ import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connect
 import { Health } from "../../../gen/health/v1/health_pb.js";
 import type { TlsConfig } from "../config.js";
 import { contextInterceptor, errorInterceptor, observeInterceptor, streamLimitInterceptor } from "../interceptors.js";
-import { textGuardInterceptor } from "../text-guard.js";
+import { requestGuardInterceptor } from "../request-guard.js";
 import type { Logger } from "../telemetry/logger.js";
 import { createServiceMetrics, type ServiceMetrics } from "../telemetry/metrics.js";
 import { PEER_ADDRESS_HEADER, PEER_SAN_HEADER } from "../auth/interceptor.js";
@@ -108,7 +108,7 @@ export class OrcaServer {
       observeInterceptor({ logger: options.logger, metrics: this.metrics }),
       ...(options.interceptors ?? []),
       streamLimitInterceptor((options.maxStreamSeconds ?? 3600) * 1000),
-      textGuardInterceptor(),
+      requestGuardInterceptor(),
       errorInterceptor(options.logger),
     ];
     const acceptCompression = [compressionGzip, compressionBrotli];
