@@ -8,7 +8,7 @@ import {
   type MonitorService,
   type Target,
 } from "../../gen/orca/monitor/v1/monitor_pb.js";
-import { callInfoKey } from "../kit/call-scope.js";
+import { callInfoKey, callerTenant } from "../kit/call-scope.js";
 import { InvalidArgumentError } from "../kit/errors.js";
 import type { MonitorConfig } from "./config.js";
 import { msDuration, alertMessage, deliveryMessage, healthMessage, ruleMessage, silenceMessage, targetMessage } from "./messages.js";
@@ -27,10 +27,14 @@ function tenantOf(tenant: string): string {
   return tenant === "" ? "default" : tenant;
 }
 
+/**
+ * Objects addressed by id (targets, rules, alerts) are confined to an end user's token tenant,
+ * whatever the roles (an admin of "acme" is still confined to "acme"); others are NotFound.
+ * Mesh services and admins of "*" see every tenant.
+ */
 function access(ctx: HandlerContext): Access {
-  const principal = ctx.values.get(callInfoKey)?.principal;
-  if (!principal || principal.roles.some((r) => r === "admin" || r === "system")) return {};
-  return { tenant: principal.tenant };
+  const tenant = callerTenant(ctx.values);
+  return tenant === undefined ? {} : { tenant: tenantOf(tenant) };
 }
 
 function caller(ctx: HandlerContext): string {

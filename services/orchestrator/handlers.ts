@@ -10,6 +10,7 @@ import {
 } from "../../gen/orca/orchestrator/v1/orchestrator_pb.js";
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { callerTenant } from "../kit/call-scope.js";
 import { InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../kit/errors.js";
 import { invalidArgument } from "./bad-request.js";
 import { CelEvalError, resolveConfig } from "./cel.js";
@@ -23,8 +24,9 @@ import { FINAL_RUN, inputDigest, type ClaimedTask, type OrchestratorStore } from
 
 /**
  * Thin handlers: validate the request (InvalidArgument naming the proto field), call the store
- * or engine, map rows to messages. Authentication/tenancy enforcement (callers bound to their
- * token's tenant) arrives with the security issue; until then `tenant` is taken as given.
+ * or engine, map rows to messages. Request `tenant` fields are checked at the door by the auth
+ * interceptor; runs and task leases addressed by id alone are confined here to the caller's
+ * tenant (`scopeOf`): another tenant's run or lease is NotFound, exactly like a missing one.
  */
 export interface HandlerDeps {
   store: OrchestratorStore;
@@ -68,6 +70,18 @@ function tenantOf(tenant: string, field = "tenant", allowAll = false): string {
   if (allowAll && tenant === "*") return "*";
   if (!TENANT_RE.test(tenant)) throw new InvalidArgumentError(field, "at most 64 bytes of letters, digits, '_', '.', ':' and '-'");
   return tenant === "default" ? "" : tenant;
+}
+
+/** The tenant (as stored: "" for the default) an end user is confined to; undefined = all tenants. */
+function scopeOf(ctx: HandlerContext): string | undefined {
+  const tenant = callerTenant(ctx.values);
+  return tenant === undefined ? undefined : tenant === "default" ? "" : tenant;
+}
+
+/** A run the caller may see, or NotFound (the same answer as for a run that does not exist). */
+function visibleRun<R extends { tenant: string }>(run: R | undefined, scope: string | undefined, id: string): R {
+  if (!run || (scope !== undefined && run.tenant !== scope)) throw new NotFoundError(`no run "${id}"`);
+  return run;
 }
 
 function runId(id: string, field = "run_id"): string {
@@ -229,14 +243,16 @@ export function orchestratorHandlers(deps: HandlerDeps): Partial<ServiceImpl<typ
       return { run: runProto(run), existing, policy: policyProto(run.policy) };
     },
 
-    async getRun(req) {
+    async getRun(req, ctx: HandlerContext) {
       const detail = await store.getRunDetail(runId(req.runId));
-      if (!detail) throw new NotFoundError(`no run "${req.runId}"`);
-      return { run: runProto(detail.run, detail.tasks, detail.attempts) };
+      const run = visibleRun(detail?.run, scopeOf(ctx), req.runId);
+      return { run: runProto(run, detail!.tasks, detail!.attempts) };
     },
 
-    async listRuns(req) {
+    async listRuns(req, ctx: HandlerContext) {
       const tenant = tenantOf(req.tenant, "tenant", true);
+      // The door already refuses "*" from a confined caller; this keeps the handler safe on its own.
+      if (tenant === "*" && scopeOf(ctx) !== undefined) throw new PermissionDeniedError('tenant: "*" (all tenants) is only for admins of all tenants and services');
       if (req.workflowName && !NAME_RE.test(req.workflowName)) throw new InvalidArgumentError("workflow_name", "malformed workflow name");
       const after = req.createdAfter ? timestampDate(req.createdAfter) : undefined;
       const before = req.createdBefore ? timestampDate(req.createdBefore) : undefined;
@@ -263,11 +279,14 @@ export function orchestratorHandlers(deps: HandlerDeps): Partial<ServiceImpl<typ
       };
     },
 
-    async cancelRun(req) {
+    async cancelRun(req, ctx: HandlerContext) {
       const id = runId(req.runId);
       if (Buffer.byteLength(req.reason) > 1000) throw new InvalidArgumentError("reason", "at most 1000 bytes");
       const grace = durationMs(req.gracePeriod) ?? 30_000;
       if (grace < 0 || grace > 600_000) throw new InvalidArgumentError("grace_period", "must be between 0 and 10 minutes");
+      // A run's tenant never changes, so checking before the cancelling transaction is enough.
+      const scope = scopeOf(ctx);
+      if (scope !== undefined) visibleRun(await store.getRun(id), scope, req.runId);
       const res = await store.cancelRun(id, req.reason, grace);
       if (!res) throw new NotFoundError(`no run "${req.runId}"`);
       engine.afterCommit(res.after);
@@ -277,8 +296,7 @@ export function orchestratorHandlers(deps: HandlerDeps): Partial<ServiceImpl<typ
     async *watchRun(req, ctx: HandlerContext) {
       const id = runId(req.runId);
       if (req.fromSequence < 0n) throw new InvalidArgumentError("from_sequence", "must not be negative");
-      const first = await store.getRun(id);
-      if (!first) throw new NotFoundError(`no run "${req.runId}"`);
+      visibleRun(await store.getRun(id), scopeOf(ctx), req.runId);
       let next = req.fromSequence > 1n ? req.fromSequence : 1n;
       const endAt = Date.now() + config.watchMaxMs;
       for (;;) {
@@ -345,29 +363,29 @@ export function orchestratorHandlers(deps: HandlerDeps): Partial<ServiceImpl<typ
       }
     },
 
-    async heartbeatTask(req) {
+    async heartbeatTask(req, ctx: HandlerContext) {
       if (!UUID_RE.test(req.leaseId)) throw new InvalidArgumentError("lease_id", "must be a lease id from PollTasks");
       if (req.details && jsonSize(req.details) > 64 * 1024) throw new InvalidArgumentError("details", "larger than 64 KiB as JSON");
-      const r = await store.heartbeat(req.leaseId.toLowerCase(), req.details as JsonObject | undefined);
+      const r = await store.heartbeat(req.leaseId.toLowerCase(), req.details as JsonObject | undefined, scopeOf(ctx));
       return { leaseExpiresAt: timestampFromDate(r.expiresAt), cancelRequested: r.cancelRequested };
     },
 
-    async completeTask(req) {
+    async completeTask(req, ctx: HandlerContext) {
       if (!UUID_RE.test(req.leaseId)) throw new InvalidArgumentError("lease_id", "must be a lease id from PollTasks");
       const output = (req.output ?? {}) as JsonObject;
       if (jsonSize(output) > MIB) throw new InvalidArgumentError("output", "larger than 1 MiB as JSON");
-      const r = await store.complete(req.leaseId.toLowerCase(), output);
+      const r = await store.complete(req.leaseId.toLowerCase(), output, scopeOf(ctx));
       engine.afterCommit(r.after);
       return { alreadyRecorded: r.alreadyRecorded };
     },
 
-    async failTask(req) {
+    async failTask(req, ctx: HandlerContext) {
       if (!UUID_RE.test(req.leaseId)) throw new InvalidArgumentError("lease_id", "must be a lease id from PollTasks");
       const kind = req.error?.kind ?? "";
       if (!KIND_RE.test(kind)) {
         throw new InvalidArgumentError("error.kind", "required: 1 to 100 bytes of lowercase letters, digits, '_', '-' and '.', starting with a letter");
       }
-      const r = await store.fail(req.leaseId.toLowerCase(), { kind, message: req.error?.message ?? "" }, req.nonRetryable);
+      const r = await store.fail(req.leaseId.toLowerCase(), { kind, message: req.error?.message ?? "" }, req.nonRetryable, scopeOf(ctx));
       engine.afterCommit(r.after);
       return { willRetry: r.willRetry, nextAttemptAt: r.nextAttemptAt ? timestampFromDate(r.nextAttemptAt) : undefined, alreadyRecorded: r.alreadyRecorded };
     },

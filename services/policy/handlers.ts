@@ -14,7 +14,7 @@ import {
   type ShadowReportSchema,
   PolicyService,
 } from "../../gen/orca/policy/v1/policy_pb.js";
-import { callInfoKey } from "../kit/call-scope.js";
+import { callInfoKey, callerTenant } from "../kit/call-scope.js";
 import { InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError } from "../kit/errors.js";
 import { BUNDLE_NAME } from "./bundle-files.js";
 import type { PolicyConfig } from "./config.js";
@@ -71,14 +71,21 @@ function checkTenantLength(field: string, tenant: string): void {
 /**
  * Tenant access (DESIGN: JWT roles admin, operator, viewer, system, checked per RPC by the auth
  * interceptor of the security issue). Until that interceptor sets a principal, every caller is
- * trusted (the mesh runs behind mTLS). With a principal: admin and system act for any tenant;
- * others only for their own; anyone authenticated may evaluate the default tenant's bundles.
+ * trusted (the mesh runs behind mTLS). With a principal: end users only for their token's tenant
+ * (admins of "*" and services for any); anyone authenticated may evaluate the default tenant's
+ * bundles.
  */
 function authorizeTenant(ctx: HandlerContext, tenant: string, evaluateOnly = false): void {
   const principal = ctx.values.get(callInfoKey)?.principal;
   if (!principal) return;
-  if (principal.roles.includes("admin") || principal.roles.includes("system")) return;
   if (evaluateOnly && tenant === "") return;
+  // An end user is confined to its token's tenant whatever its roles (an admin of "acme" may not
+  // evaluate or manage "globex"'s bundles); `bundle_tenant` is not a field the door checks.
+  const confined = callerTenant(ctx.values);
+  if (confined !== undefined && confined !== tenant) {
+    throw new PermissionDeniedError(`caller ${principal.subject} may not act for ${tenant === "" ? "the default tenant" : `tenant ${JSON.stringify(tenant)}`}`);
+  }
+  if (principal.roles.includes("admin") || principal.roles.includes("system")) return;
   if (principal.tenant === "*" || (principal.tenant ?? "") === tenant) return;
   throw new PermissionDeniedError(`caller ${principal.subject} may not act for ${tenant === "" ? "the default tenant" : `tenant ${JSON.stringify(tenant)}`}`);
 }

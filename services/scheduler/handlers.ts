@@ -16,7 +16,7 @@ import {
   type Schedule,
   type SchedulerService,
 } from "../../gen/orca/scheduler/v1/scheduler_pb.js";
-import { callInfoKey } from "../kit/call-scope.js";
+import { callerTenant } from "../kit/call-scope.js";
 import { InvalidArgumentError, PermissionDeniedError } from "../kit/errors.js";
 import { CelCompileError, compileFilter, compileMapping, MappingCompileError } from "./cel.js";
 import type { SchedulerConfig } from "./config.js";
@@ -31,12 +31,13 @@ const MAX_CATCHUP_MS = 7 * 86_400_000;
 const DEFAULT_CATCHUP_MS = 60_000;
 const MAX_JITTER_MS = 3_600_000;
 
-/** The tenant the caller is confined to (end users), or undefined (no auth, admin, system). */
+/**
+ * The tenant the caller is confined to (an end user's token tenant, whatever its roles: an admin
+ * of tenant "acme" is still confined to "acme"), or undefined (no auth, a mesh service, an admin
+ * of "*"). Schedules and triggers of another tenant addressed by id are NotFound.
+ */
 function confinedTenant(ctx: HandlerContext): string | undefined {
-  const principal = ctx.values.get(callInfoKey)?.principal;
-  if (!principal || principal.tenant === undefined) return undefined;
-  if (principal.roles.some((r) => r === "admin" || r === "system")) return undefined;
-  return principal.tenant;
+  return callerTenant(ctx.values);
 }
 
 /** Tenant of a new object named inside a nested message (the kit only checks top-level `tenant`). */

@@ -1,5 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { SERVICE_NAMES, type ServiceName } from "../../services/kit/catalog.js";
 import { createSecurityInterceptors } from "../../services/kit/auth/index.js";
@@ -20,6 +20,8 @@ import { createServiceMetrics } from "../../services/kit/telemetry/metrics.js";
  */
 export interface ServiceHarness {
   url: string;
+  /** The admin port (/healthz, /readyz, /metrics) on 127.0.0.1. */
+  adminPort: number;
   server: OrcaServer;
   instance: ServiceInstance;
   config: OrcaConfig;
@@ -39,6 +41,11 @@ export async function startServiceHarness(
     defaultAuthMode?: "on" | "off";
     /** URLs of other services this one calls. */
     peers?: Partial<Record<ServiceName, string>>;
+    /**
+     * Interceptors of this service's outgoing calls to its peers, e.g. one adding the
+     * x-forwarded-client-cert an Istio sidecar would, for peers with ORCA_TRUST_XFCC=1.
+     */
+    clientInterceptors?: Interceptor[];
   },
 ): Promise<ServiceHarness> {
   const config = readConfig({ ...options.env, ORCA_SHUTDOWN_GRACE_MS: options.env?.ORCA_SHUTDOWN_GRACE_MS ?? "200" });
@@ -53,7 +60,7 @@ export async function startServiceHarness(
     logger,
     database: options.database,
     redis: options.redis,
-    clients: new MeshClients(urls),
+    clients: new MeshClients(urls, { interceptors: options.clientInterceptors }),
     metricsRegistry: metrics.registry,
   });
   const server = new OrcaServer({
@@ -71,10 +78,11 @@ export async function startServiceHarness(
     maxStreamSeconds: config.maxStreamSeconds,
     readiness: instance.readiness,
   });
-  const { url } = await server.start();
+  const { url, adminPort } = await server.start();
   const transport = createGrpcTransport({ baseUrl: url });
   return {
     url,
+    adminPort,
     server,
     instance,
     config,

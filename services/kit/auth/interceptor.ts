@@ -66,6 +66,11 @@ function enforceTenant(principal: Principal, schema: DescMessage, message: Recor
       const requested = message[field.localName] as string;
       if (requested !== "" && requested !== principal.tenant) return `${name}: the caller acts for tenant "${principal.tenant}", not "${requested}"`;
       message[field.localName] = principal.tenant;
+    } else if (field.name.endsWith("_tenant") && field.fieldKind === "scalar") {
+      // Other tenant references (e.g. Decide's bundle_tenant): empty keeps its own meaning
+      // (the shared default), anything else must be the caller's tenant.
+      const requested = message[field.localName] as string;
+      if (requested !== "" && requested !== principal.tenant) return `${name}: the caller acts for tenant "${principal.tenant}", not "${requested}"`;
     } else if (depth === 0 && field.fieldKind === "message" && !field.oneof && message[field.localName]) {
       const problem = enforceTenant(principal, field.message, message[field.localName] as Record<string, unknown>, name, depth + 1);
       if (problem) return problem;

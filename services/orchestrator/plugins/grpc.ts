@@ -1,4 +1,4 @@
-import { fromJson, toJson, type DescService, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { fromJson, toJson, type DescMessage, type DescService, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { CacheService } from "../../../gen/orca/cache/v1/cache_pb.js";
 import { LockService } from "../../../gen/orca/lock/v1/lock_pb.js";
@@ -29,6 +29,36 @@ const SERVICES: [ServiceName, DescService][] = [
 ];
 const KEYS = ["service", "method", "request", "timeout_ms"];
 
+/** Request fields naming the tenant whose objects a call touches. */
+const TENANT_FIELDS = new Set(["tenant", "bundle_tenant"]);
+
+/**
+ * The plugin calls with the Orchestrator's own identity, which may act for any tenant, so a task
+ * must not name another tenant than its run's: like the auth interceptor at the door, every
+ * tenant field at the top level or one message down must be the run's tenant (an empty `tenant`
+ * is filled in; an empty `bundle_tenant` stays the shared default bundles). Returns the problem.
+ */
+function confineTenant(schema: DescMessage, message: Record<string, unknown>, tenant: string, path = "", depth = 0): string | undefined {
+  for (const field of schema.fields) {
+    const name = path ? `${path}.${field.name}` : field.name;
+    if (TENANT_FIELDS.has(field.name) && field.fieldKind === "scalar" && typeof message[field.localName] === "string") {
+      const named = message[field.localName] as string;
+      if (named !== "" && named !== tenant && !(tenant === "" && named === "default")) return `request.${name}: the run belongs to tenant "${tenant}", not "${named}"`;
+      if (field.name === "tenant") message[field.localName] = tenant;
+    } else if (depth === 0 && field.fieldKind === "message" && !field.oneof && message[field.localName]) {
+      const problem = confineTenant(field.message, message[field.localName] as Record<string, unknown>, tenant, name, depth + 1);
+      if (problem) return problem;
+    } else if (depth === 0 && field.fieldKind === "list" && field.listKind === "message") {
+      const items = message[field.localName] as Record<string, unknown>[];
+      for (let i = 0; i < items.length; i++) {
+        const problem = confineTenant(field.message, items[i], tenant, `${name}[${i}]`, depth + 1);
+        if (problem) return problem;
+      }
+    }
+  }
+  return undefined;
+}
+
 export function grpcPlugin(clients: MeshClients): Plugin {
   const byName = new Map(SERVICES.map(([target, desc]) => [desc.typeName, { target, desc }]));
   const methodOf = (service: unknown, method: unknown) => {
@@ -57,11 +87,13 @@ export function grpcPlugin(clients: MeshClients): Plugin {
       }
       return errors;
     },
-    async execute({ config, signal }) {
+    async execute({ config, signal, tenant }) {
       const { svc, m } = methodOf(config.service, config.method);
       if (!svc || !m || m.methodKind !== "unary") throw new TaskFailure("config.invalid", "unknown service or method", true);
       const client = clients.client(svc.target, svc.desc) as unknown as ReturnType<typeof createClient>;
       const request = fromJson(m.input, (config.request ?? {}) as JsonValue);
+      const problem = confineTenant(m.input, request as unknown as Record<string, unknown>, tenant);
+      if (problem) throw new TaskFailure("grpc.permission_denied", problem, true);
       try {
         const call = (client as unknown as Record<string, (req: unknown, opts: unknown) => Promise<unknown>>)[m.localName];
         const res = await call(request, { signal, timeoutMs: typeof config.timeout_ms === "number" ? config.timeout_ms : undefined });
