@@ -8,7 +8,9 @@ import { EchoRequestSchema, EchoResponseSchema } from "../../gen/orca/testing/v1
 
 export const ECHO_PATH = "/orca.testing.v1.EchoService/Echo";
 
-export const SERVER_KINDS = ["bare", "grpc-js", "kit", "kit-slow"] as const;
+export const SERVER_KINDS = ["bare", "grpc-js", "kit", "kit-slow", "kit-raw"] as const;
+/** What `npm run bench:rpc` runs unless BENCH_SERVERS says otherwise. */
+export const DEFAULT_SERVERS: readonly ServerKind[] = ["bare", "grpc-js", "kit", "kit-slow"];
 export type ServerKind = (typeof SERVER_KINDS)[number];
 
 export const SERVER_LABELS: Record<ServerKind, string> = {
@@ -16,10 +18,11 @@ export const SERVER_LABELS: Record<ServerKind, string> = {
   "grpc-js": "@grpc/grpc-js",
   kit: "kit (fast path)",
   "kit-slow": "kit (fast path off)",
+  "kit-raw": "kit fast path, no interceptors",
 };
 
 /** Messages a server child sends to its parent over IPC. */
-export type ChildMessage = { type: "ready"; port: number } | { type: "cpu"; usage: NodeJS.CpuUsage; logBytes?: number };
+export type ChildMessage = { type: "ready"; port: number } | { type: "cpu"; usage: NodeJS.CpuUsage; mainThreadUs?: number; logBytes?: number };
 /** Messages the parent sends to a server child. */
 export type ParentMessage = { type: "cpu" };
 

@@ -1,18 +1,18 @@
-import { fork, execFileSync, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
+  DEFAULT_SERVERS,
   ECHO_PATH,
   SERVER_KINDS,
   SERVER_LABELS,
   echoRequestFrame,
   repoRoot,
-  type ChildMessage,
   type ServerKind,
 } from "./common.js";
-import { ensureH2load, percentile, readDurations, runH2load } from "./h2load.js";
+import { ensureH2load, percentile, readDurations, runH2load } from "../lib/h2load.js";
+import { startServerChild, type ServerChild } from "../lib/server-child.js";
 import { CASES, checkConformance } from "./conformance.js";
 import { verifyServer } from "./verify.js";
 
@@ -22,7 +22,8 @@ import { verifyServer } from "./verify.js";
  * its own child process, loaded one after the other by h2load with the same settings.
  *
  * Environment: BENCH_DURATION_S (10), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (16), BENCH_STREAMS (8),
- * BENCH_PAYLOAD_BYTES (64), BENCH_SERVERS (bare,grpc-js,kit,kit-slow), BENCH_ROUNDS (1; with more,
+ * BENCH_PAYLOAD_BYTES (64), BENCH_SERVERS (bare,grpc-js,kit,kit-slow; also kit-raw: the fast path
+ * without interceptors on a plain http2 server, to see what the interceptors cost), BENCH_ROUNDS (1; with more,
  * each server's median round is reported), BENCH_CPU_PROF (servers to run under node --cpu-prof,
  * e.g. "kit"; profiles land in bench/results/profiles). --smoke runs 2 s per server, 1 s warm-up.
  */
@@ -59,7 +60,7 @@ const config = {
   streams: envInt("BENCH_STREAMS", 8),
   payloadBytes: envInt("BENCH_PAYLOAD_BYTES", 64, 0),
   rounds: smoke ? 1 : envInt("BENCH_ROUNDS", 1),
-  servers: envServers("BENCH_SERVERS", SERVER_KINDS),
+  servers: envServers("BENCH_SERVERS", DEFAULT_SERVERS),
   cpuProf: envServers("BENCH_CPU_PROF", []),
 };
 
@@ -76,67 +77,20 @@ interface Measurement {
   maxMs: number;
   calls: number;
   failed: number;
-  /** Server process CPU (user + system) per call over the measured window. */
+  /** Server process CPU (user + system, all threads) per call over the measured window. */
   serverCpuUsPerCall: number;
+  /** The same for the main (event loop) thread alone, where calls are served (Linux only). */
+  mainThreadCpuUsPerCall?: number;
   /** Bytes of log the kit wrote (one pino line per call), as a check that logging happened. */
   logBytes?: number;
 }
 
-interface Child {
-  process: ChildProcess;
-  port: number;
-  cpu(): Promise<{ usage: NodeJS.CpuUsage; logBytes?: number }>;
-  stop(): Promise<void>;
-}
-
-const serverScript = fileURLToPath(new URL("./server.js", import.meta.url));
 const root = repoRoot();
 const profileDir = join(root, "bench", "results", "profiles");
 
-function startChild(kind: ServerKind): Promise<Child> {
+function startChild(kind: ServerKind): Promise<ServerChild> {
   const execArgv = config.cpuProf.includes(kind) ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${kind}-${Date.now()}.cpuprofile`] : [];
-  const child = fork(serverScript, [kind], {
-    execArgv,
-    env: { ...process.env, BENCH_PAYLOAD_BYTES: String(config.payloadBytes) },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`${kind}: the server did not report ready within 30 s`));
-    }, 30_000);
-    const exitedEarly = (code: number | null) => {
-      clearTimeout(timer);
-      reject(new Error(`${kind}: the server exited (code ${code}) before it was ready`));
-    };
-    child.once("exit", exitedEarly);
-    child.once("message", (message: ChildMessage) => {
-      if (message.type !== "ready") return;
-      clearTimeout(timer);
-      child.off("exit", exitedEarly);
-      resolve({
-        process: child,
-        port: message.port,
-        cpu: () =>
-          new Promise((resolveCpu) => {
-            const onMessage = (reply: ChildMessage) => {
-              if (reply.type !== "cpu") return;
-              child.off("message", onMessage);
-              resolveCpu({ usage: reply.usage, logBytes: reply.logBytes });
-            };
-            child.on("message", onMessage);
-            child.send({ type: "cpu" });
-          }),
-        stop: async () => {
-          child.kill("SIGTERM");
-          const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
-          await exited;
-          clearTimeout(killer);
-        },
-      });
-    });
-  });
+  return startServerChild(kind, { execArgv, env: { ...process.env, BENCH_PAYLOAD_BYTES: String(config.payloadBytes) } });
 }
 
 async function measure(kind: ServerKind, bodyFile: string, requestFrame: Buffer, workDir: string): Promise<Measurement> {
@@ -169,11 +123,16 @@ async function measure(kind: ServerKind, bodyFile: string, requestFrame: Buffer,
       calls: result.succeeded,
       failed: result.failed + result.errored + result.timedOut,
       serverCpuUsPerCall: result.succeeded > 0 ? cpuUs / result.succeeded : NaN,
+      mainThreadCpuUsPerCall:
+        before.mainThreadUs !== undefined && after.mainThreadUs !== undefined && result.succeeded > 0
+          ? (after.mainThreadUs - before.mainThreadUs) / result.succeeded
+          : undefined,
       logBytes: after.logBytes,
     };
     progress(
       `${label}: ${Math.round(measurement.callsPerSecond)} calls/s, p50 ${measurement.p50Ms.toFixed(2)} ms, ` +
-        `p99 ${measurement.p99Ms.toFixed(2)} ms, ${measurement.serverCpuUsPerCall.toFixed(0)} µs server CPU per call` +
+        `p99 ${measurement.p99Ms.toFixed(2)} ms, server CPU per call ${measurement.serverCpuUsPerCall.toFixed(0)} µs` +
+        (measurement.mainThreadCpuUsPerCall !== undefined ? ` (main thread ${measurement.mainThreadCpuUsPerCall.toFixed(0)} µs)` : "") +
         (measurement.failed > 0 ? `, ${measurement.failed} FAILED` : ""),
     );
     return measurement;

@@ -1,4 +1,4 @@
-import { rmSync, statSync } from "node:fs";
+import { readFileSync, rmSync, statSync } from "node:fs";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { pino } from "pino";
 import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
+import { createGrpcFastPath } from "../../services/kit/server/grpc-fast-path.js";
 import { OrcaServer, registration } from "../../services/kit/server/server.js";
 import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { startTracing } from "../../services/kit/telemetry/tracing.js";
@@ -33,6 +34,10 @@ let logFile: string | undefined;
 
 /** (a) The floor: node:http2 answering every stream with prebuilt bytes, no protobuf, no routing. */
 async function startBare(): Promise<{ port: number; close: () => Promise<void> }> {
+  if (process.env.BENCH_BARE_ALS) {
+    const { AsyncLocalStorage } = await import("node:async_hooks");
+    new AsyncLocalStorage().enterWith({});
+  }
   const body = echoResponseFrame(payloadBytes);
   const server = http2.createServer();
   server.on("stream", (stream) => {
@@ -89,9 +94,9 @@ async function startGrpcJs(): Promise<{ port: number; close: () => Promise<void>
  * service starts it (no exporter), and one pino line per call into a file, as in production.
  */
 async function startKit(fastPath: boolean): Promise<{ port: number; close: () => Promise<void> }> {
-  const tracing = startTracing({ serviceName: "orca-bench" });
+  const tracing = process.env.XNOTRACE ? { shutdown: async () => {} } : startTracing({ serviceName: "orca-bench" });
   logFile = join(tmpdir(), `orca-bench-${kind}-${process.pid}.log`);
-  const logger = createLogger({ level: "info", service: "bench", destination: pino.destination(process.env.BENCH_LOG_SYNC ? { dest: logFile, sync: true } : logFile) });
+  const logger = createLogger({ level: process.env.XSILENT ? "silent" : "info", service: "bench", destination: pino.destination(process.env.BENCH_LOG_SYNC ? { dest: logFile, sync: true } : logFile) });
   const server = new OrcaServer({
     name: "bench",
     host: "127.0.0.1",
@@ -113,7 +118,36 @@ async function startKit(fastPath: boolean): Promise<{ port: number; close: () =>
   };
 }
 
-const started = await (kind === "bare" ? startBare() : kind === "grpc-js" ? startGrpcJs() : startKit(kind === "kit"));
+/** Diagnostic: the kit's fast path alone (no interceptors, no OrcaServer) on a plain http2 server. */
+async function startKitRaw(): Promise<{ port: number; close: () => Promise<void> }> {
+  const fastPath = createGrpcFastPath({
+    services: [{ service: EchoService, impl: echoHandlers as never }],
+    interceptors: [],
+    acceptCompression: [],
+    readMaxBytes: 4 * 1024 * 1024,
+    writeMaxBytes: 4 * 1024 * 1024,
+    compressMinBytes: 1024,
+    shutdownSignal: new AbortController().signal,
+    scheme: "http",
+  });
+  const server = http2.createServer();
+  server.on("stream", (stream, headers) => {
+    if (!fastPath(stream, headers)) stream.respond({ ":status": 404 }, { endStream: true });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+const started = await (kind === "bare"
+  ? startBare()
+  : kind === "grpc-js"
+    ? startGrpcJs()
+    : kind === "kit-raw"
+      ? startKitRaw()
+      : startKit(kind === "kit"));
 const heapProfile = process.env.BENCH_HEAP_PROF_FILE ? await startHeapSampling() : undefined;
 
 /**
@@ -140,8 +174,25 @@ async function startHeapSampling(): Promise<() => Promise<void>> {
 
 const send = (message: ChildMessage) => process.send?.(message);
 process.on("message", (message: ParentMessage) => {
-  if (message.type === "cpu") send({ type: "cpu", usage: process.cpuUsage(), logBytes: logFile ? statSync(logFile).size : undefined });
+  if (message.type === "cpu") {
+    send({ type: "cpu", usage: process.cpuUsage(), mainThreadUs: mainThreadCpuUs(), logBytes: logFile ? statSync(logFile).size : undefined });
+  }
 });
+
+/**
+ * CPU time of the main (event loop) thread alone, from /proc (Linux): process.cpuUsage() also
+ * counts the GC helper threads and the libuv pool, which do real work but in parallel.
+ */
+function mainThreadCpuUs(): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 per second on Linux).
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return undefined;
+  }
+}
 process.once("SIGTERM", () => {
   const timer = setTimeout(() => process.exit(0), 3000);
   timer.unref();
