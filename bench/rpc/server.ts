@@ -34,10 +34,6 @@ let logFile: string | undefined;
 
 /** (a) The floor: node:http2 answering every stream with prebuilt bytes, no protobuf, no routing. */
 async function startBare(): Promise<{ port: number; close: () => Promise<void> }> {
-  if (process.env.BENCH_BARE_ALS) {
-    const { AsyncLocalStorage } = await import("node:async_hooks");
-    new AsyncLocalStorage().enterWith({});
-  }
   const body = echoResponseFrame(payloadBytes);
   const server = http2.createServer();
   server.on("stream", (stream) => {
@@ -94,9 +90,9 @@ async function startGrpcJs(): Promise<{ port: number; close: () => Promise<void>
  * service starts it (no exporter), and one pino line per call into a file, as in production.
  */
 async function startKit(fastPath: boolean): Promise<{ port: number; close: () => Promise<void> }> {
-  const tracing = process.env.XNOTRACE ? { shutdown: async () => {} } : startTracing({ serviceName: "orca-bench" });
+  const tracing = startTracing({ serviceName: "orca-bench" });
   logFile = join(tmpdir(), `orca-bench-${kind}-${process.pid}.log`);
-  const logger = createLogger({ level: process.env.XSILENT ? "silent" : "info", service: "bench", destination: pino.destination(process.env.BENCH_LOG_SYNC ? { dest: logFile, sync: true } : logFile) });
+  const logger = createLogger({ level: "info", service: "bench", destination: pino.destination(logFile) });
   const server = new OrcaServer({
     name: "bench",
     host: "127.0.0.1",

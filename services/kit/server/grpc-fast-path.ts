@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import { sensitiveHeaders, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import { create, type DescMessage, type DescMethodUnary, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
@@ -43,8 +43,11 @@ import { HeaderMap } from "./header-map.js";
  *   server shutdown and call completion, exactly when the eager one would have;
  * - headers stay in Node's object form (HeaderMap) instead of two undici Headers conversions;
  * - no async-iterable pipeline: the body is collected from 'data' events and the response is
- *   written with one respond/end/sendTrailers; promises only where the handler chain needs them;
- * - stream listeners are shared functions that find the call on the stream, not closures.
+ *   written with one respond/end/sendTrailers; one promise per interceptor and for the handler,
+ *   no async frames (each promise is hooked by async_hooks while AsyncLocalStorage is in use);
+ * - stream listeners are shared functions that find the call on the stream, not closures;
+ * - the response envelope is cut from Node's Buffer pool (a small typed array of its own costs
+ *   more than a whole protobuf encode), and per-call-unique headers skip the HPACK table.
  *
  * The helpers come from connect's `protocol` entry points, which connect marks as internal;
  * package.json pins connect to an exact version, and bench/rpc/conformance.ts compares both
@@ -61,6 +64,12 @@ export interface FastPathOptions {
   shutdownSignal: AbortSignal;
   /** "http" or "https", for the URL handlers see. */
   scheme: string;
+  /**
+   * Response headers whose value is new on every call (the correlation id): sent as HPACK
+   * "never indexed" literals, so they do not churn the connection's header table and push out
+   * the entries that repeat (content-type, grpc-encoding), for both ends. Values are unchanged.
+   */
+  neverIndexHeaders?: string[];
 }
 
 type AnyUnaryMethod = DescMethodUnary<DescMessage, DescMessage>;
@@ -254,7 +263,8 @@ class UnaryCall {
   private invoke(input: unknown): void {
     const call = this;
     const { method, service, impl } = this.route;
-    const innermost: UnaryFn = async (req) => {
+    // Not an async function: see interceptors.ts on promises and async_hooks.
+    const innermost: UnaryFn = (req) => {
       // What connect's invokeUnaryImplementation hands the handler (its mergeRequest).
       const context = {
         method,
@@ -270,15 +280,21 @@ class UnaryCall {
         [kRequest]: req,
       };
       Object.defineProperty(context, "signal", CONTEXT_SIGNAL);
-      const output = await impl(req.message, context as unknown as HandlerContext);
-      return {
+      const respond = (output: unknown): UnaryResponse => ({
         stream: false,
         method,
         service,
         message: create(method.output, output as never), // returns messages as they are
         header: call.responseHeader,
         trailer: call.responseTrailer,
-      };
+      });
+      try {
+        const output = impl(req.message, context as unknown as HandlerContext);
+        if (typeof (output as PromiseLike<unknown> | undefined)?.then === "function") return Promise.resolve(output).then(respond);
+        return Promise.resolve(respond(output));
+      } catch (error) {
+        return Promise.reject(error);
+      }
     };
     // Built per call like connect does; the interceptor factories only allocate a closure each.
     let next = innermost;
@@ -296,7 +312,13 @@ class UnaryCall {
       [kCall]: this,
     };
     Object.defineProperty(req, "signal", REQUEST_SIGNAL);
-    next(req as unknown as UnaryRequest).then(
+    let pending: Promise<UnaryResponse>;
+    try {
+      pending = next(req as unknown as UnaryRequest);
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    pending.then(
       (res) => this.succeed(res),
       (error: unknown) => this.fail(error),
     );
@@ -337,12 +359,17 @@ class UnaryCall {
     this.end(error ?? COMPLETED);
     const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
-    // Whatever the client still sends is read and dropped, so that flow control never stalls.
-    stream.off("data", onData);
-    stream.resume();
+    if (!stream.readableEnded) {
+      // Answered early (an error): whatever the client still sends is read and dropped, so
+      // that flow control never stalls.
+      stream.off("data", onData);
+      stream.resume();
+    }
     try {
-      stream.respond(this.responseHeader.toNode({ ":status": 200 }), { waitForTrailers: true });
-      stream.once("wantTrailers", onWantTrailers);
+      const headers: OutgoingHttpHeaders & { [sensitiveHeaders]?: string[] } = { ":status": 200 };
+      if (this.options.neverIndexHeaders) headers[sensitiveHeaders] = this.options.neverIndexHeaders;
+      stream.respond(this.responseHeader.toNode(headers), { waitForTrailers: true });
+      stream.on("wantTrailers", onWantTrailers); // emitted once per stream; on() skips once()'s wrapper
       stream.end(body);
     } catch {
       // The stream went away between the check and the write; nothing is left to tell.

@@ -6,9 +6,9 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
  * Handlers and interceptors see `Headers` (Connect's API), but undici's implementation validates
  * and copies on every operation and the fast path would pay for two conversions per call (node
  * object -> Headers for the request, Headers -> node object for the response). HeaderMap keeps
- * Node's representation instead: request headers are read straight from the object http2 gave
- * us (copied only if someone writes to them), and response headers and trailers are built in an
- * object that goes to `stream.respond()` as is.
+ * close to Node's representation instead: request headers are read straight from the object
+ * http2 gave us (copied only if someone writes to them), and response headers and trailers are
+ * kept in a Map that is copied into the object for `stream.respond()`.
  *
  * Behaviour follows `Headers`: names are case-insensitive, values are trimmed, repeated values
  * are joined with ", " except set-cookie (see getSetCookie), iteration is sorted by name.
@@ -17,58 +17,55 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
  * It is not an `instanceof Headers`; everything in connect and OTel only uses the methods.
  */
 export class HeaderMap implements Headers {
-  /** name (lowercase) -> value; set-cookie holds an array. May be Node's own request object. */
-  private store: Record<string, string | string[]>;
-  /** True while `store` is Node's request headers object: copy it before the first write. */
-  private borrowed: boolean;
+  /** Headers we own: name (lowercase) -> value; set-cookie holds an array. */
+  private own: Map<string, string | string[]> | undefined;
+  /** Node's request headers object, read in place until the first write copies it into `own`. */
+  private borrowed: IncomingHttpHeaders | undefined;
 
   constructor(init?: Record<string, string>) {
-    this.store = Object.create(null) as Record<string, string | string[]>;
-    this.borrowed = false;
     if (init) for (const name in init) this.set(name, init[name]);
   }
 
   /** A view of an http2 request's headers (pseudo-headers such as ":path" are left out). */
   static fromIncoming(headers: IncomingHttpHeaders): HeaderMap {
     const map = new HeaderMap();
-    map.store = headers as Record<string, string | string[]>;
-    map.borrowed = true;
+    map.borrowed = headers;
     return map;
   }
 
   get(name: string): string | null {
-    const value = this.store[lower(name)];
-    if (value === undefined || isPseudo(name)) return null;
+    const value = this.lookup(lower(name));
+    if (value === undefined) return null;
     return typeof value === "string" ? value : value.join(", ");
   }
 
   has(name: string): boolean {
-    return this.store[lower(name)] !== undefined && !isPseudo(name);
+    return this.lookup(lower(name)) !== undefined;
   }
 
   set(name: string, value: string): void {
     const key = validName(name);
     const normalized = validValue(value);
-    this.own()[key] = key === "set-cookie" ? [normalized] : normalized;
+    this.owned().set(key, key === "set-cookie" ? [normalized] : normalized);
   }
 
   append(name: string, value: string): void {
     const key = validName(name);
     const normalized = validValue(value);
-    const store = this.own();
-    const existing = store[key];
-    if (existing === undefined) store[key] = key === "set-cookie" ? [normalized] : normalized;
-    else if (typeof existing === "string") store[key] = `${existing}, ${normalized}`;
+    const store = this.owned();
+    const existing = store.get(key);
+    if (existing === undefined) store.set(key, key === "set-cookie" ? [normalized] : normalized);
+    else if (typeof existing === "string") store.set(key, `${existing}, ${normalized}`);
     else existing.push(normalized);
   }
 
   delete(name: string): void {
     const key = validName(name);
-    if (this.store[key] !== undefined) delete this.own()[key];
+    if (this.lookup(key) !== undefined) this.owned().delete(key);
   }
 
   getSetCookie(): string[] {
-    const value = this.store["set-cookie"];
+    const value = this.lookup("set-cookie");
     return value === undefined ? [] : typeof value === "string" ? [value] : [...value];
   }
 
@@ -77,8 +74,9 @@ export class HeaderMap implements Headers {
   }
 
   *entries(): HeadersIterator<[string, string]> {
-    for (const key of this.sortedNames()) {
-      const value = this.store[key];
+    const store = this.owned();
+    for (const key of [...store.keys()].sort()) {
+      const value = store.get(key)!;
       if (typeof value === "string") yield [key, value];
       else if (key === "set-cookie") for (const cookie of value) yield [key, cookie];
       else yield [key, value.join(", ")];
@@ -99,30 +97,30 @@ export class HeaderMap implements Headers {
 
   /** Copies the headers into an object for `stream.respond()` or `stream.sendTrailers()`. */
   toNode(into: OutgoingHttpHeaders): OutgoingHttpHeaders {
-    const store = this.store;
-    for (const key in store) {
-      if (key.charCodeAt(0) !== 58 /* ":" */) into[key] = store[key];
-    }
+    if (this.borrowed) this.owned();
+    if (this.own) for (const [key, value] of this.own) into[key] = value;
     return into;
   }
 
-  private sortedNames(): string[] {
-    const names: string[] = [];
-    for (const key in this.store) if (key.charCodeAt(0) !== 58) names.push(key);
-    return names.sort();
+  private lookup(key: string): string | string[] | undefined {
+    if (this.own) return this.own.get(key);
+    if (this.borrowed === undefined || isPseudo(key)) return undefined;
+    return this.borrowed[key];
   }
 
-  private own(): Record<string, string | string[]> {
-    if (this.borrowed) {
-      const copy = Object.create(null) as Record<string, string | string[]>;
-      for (const key in this.store) {
-        const value = this.store[key];
-        if (key.charCodeAt(0) !== 58 && value !== undefined) copy[key] = typeof value === "string" ? value : [...value];
+  /** The owned store; a borrowed request object is copied (without pseudo-headers) first. */
+  private owned(): Map<string, string | string[]> {
+    if (this.own) return this.own;
+    const own = new Map<string, string | string[]>();
+    const borrowed = this.borrowed;
+    if (borrowed) {
+      for (const key in borrowed) {
+        const value = borrowed[key];
+        if (!isPseudo(key) && value !== undefined) own.set(key, typeof value === "string" ? value : [...value]);
       }
-      this.store = copy;
-      this.borrowed = false;
+      this.borrowed = undefined;
     }
-    return this.store;
+    return (this.own = own);
   }
 }
 
@@ -130,7 +128,11 @@ type HeadersIterator<T> = Generator<T, undefined, undefined>;
 
 function lower(name: string): string {
   // Names are almost always lowercase already; toLowerCase() would still copy them.
-  return /[A-Z]/.test(name) ? name.toLowerCase() : name;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 65 && c <= 90) return name.toLowerCase();
+  }
+  return name;
 }
 
 function isPseudo(name: string): boolean {

@@ -133,16 +133,17 @@ export class OrcaServer {
           compressMinBytes: 1024,
           shutdownSignal,
           scheme: options.tls ? "https" : "http",
+          neverIndexHeaders: ["x-request-id"],
         })
       : undefined;
 
     const onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
       if (this.draining) return refuseStream(stream);
-      setPeerHeaders(headers, stream.session?.socket);
+      setPeerHeaders(headers, stream.session);
       const counted = !this.streamingPaths.has(headers[":path"] ?? "");
       if (counted) {
         this.inFlight++;
-        stream.once("close", () => this.callEnded());
+        stream.on("close", this.onCallClosed); // 'close' comes once; a shared listener, not a closure per call
       }
       if (fastPath?.(stream, headers)) return;
       // Everything else goes through Node's compatibility layer to connect-node, as
@@ -189,7 +190,8 @@ export class OrcaServer {
       const h2c = http2.createServer();
       const h1 = http.createServer(onHttp1Request);
       // h2c with prior knowledge and HTTP/1.1 share the port: sniff the connection preface.
-      this.listener = net.createServer((socket) => {
+      // noDelay: RPC responses are small writes that must leave at once, not wait for Nagle.
+      this.listener = net.createServer({ noDelay: true }, (socket) => {
         socket.once("data", (chunk: Buffer) => {
           socket.pause();
           socket.unshift(chunk);
@@ -223,6 +225,8 @@ export class OrcaServer {
       },
     });
   }
+
+  private readonly onCallClosed = (): void => this.callEnded();
 
   private callEnded(): void {
     this.inFlight--;
@@ -285,20 +289,42 @@ export class OrcaServer {
  * address and, over TLS with a verified client certificate, its URI SAN. Values a client sent
  * under these names are removed first, so they cannot be forged.
  */
-function setPeerHeaders(headers: http.IncomingHttpHeaders, socket: net.Socket | TLSSocket | undefined | null): void {
+function setPeerHeaders(headers: http.IncomingHttpHeaders, connection: http2.Http2Session | net.Socket | undefined | null): void {
   delete headers[PEER_ADDRESS_HEADER];
   delete headers[PEER_SAN_HEADER];
-  if (!socket) return;
-  if (socket.remoteAddress) headers[PEER_ADDRESS_HEADER] = socket.remoteAddress;
-  const tlsSocket = socket as TLSSocket;
-  if (typeof tlsSocket.getPeerCertificate === "function" && tlsSocket.authorized) {
-    // getPeerCertificate() is null once a rejected socket was destroyed.
-    const uri = (tlsSocket.getPeerCertificate()?.subjectaltname ?? "")
-      .split(",")
-      .map((entry) => entry.trim())
-      .find((entry) => entry.startsWith("URI:"));
-    if (uri) headers[PEER_SAN_HEADER] = uri.slice(4);
+  if (!connection) return;
+  const peer = peerOf(connection);
+  if (peer.address) headers[PEER_ADDRESS_HEADER] = peer.address;
+  if (peer.san) headers[PEER_SAN_HEADER] = peer.san;
+}
+
+/**
+ * The peer of a connection (an HTTP/2 session or an HTTP/1.1 socket), worked out once per
+ * connection rather than per call: getPeerCertificate() builds a large object every time, and an
+ * HTTP/2 session's socket is a Proxy. Neither value can change on a TLS 1.3 connection.
+ */
+const peers = new WeakMap<object, { address?: string; san?: string }>();
+
+function peerOf(connection: http2.Http2Session | net.Socket): { address?: string; san?: string } {
+  let peer = peers.get(connection);
+  if (peer) return peer;
+  const socket = connection instanceof net.Socket ? connection : (connection.socket as net.Socket | TLSSocket | undefined);
+  peer = {};
+  if (socket) {
+    peer.address = socket.remoteAddress;
+    const tlsSocket = socket as TLSSocket;
+    if (typeof tlsSocket.getPeerCertificate === "function" && tlsSocket.authorized) {
+      // getPeerCertificate() is null once a rejected socket was destroyed.
+      const uri = (tlsSocket.getPeerCertificate()?.subjectaltname ?? "")
+        .split(",")
+        .map((entry) => entry.trim())
+        .find((entry) => entry.startsWith("URI:"));
+      if (uri) peer.san = uri.slice(4);
+    }
   }
+  // Before the handshake completes nothing is known yet: only remember a finished answer.
+  if (peer.address !== undefined) peers.set(connection, peer);
+  return peer;
 }
 
 function refuseStream(stream: http2.ServerHttp2Stream): void {
