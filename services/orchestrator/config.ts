@@ -34,6 +34,8 @@ export interface OrchestratorConfig {
   policyBundle: string;
   /** ORCA_ORCHESTRATOR_CACHE_NAMESPACE: Cache service namespace of memoized task results. */
   cacheNamespace: string;
+  /** ORCA_ORCHESTRATOR_MAX_TASKS: most tasks one workflow version may hold (the DAG size limit). */
+  maxTasks: number;
   /** ORCA_ORCHESTRATOR_WATCH_MAX_MS: maximum WatchRun stream duration before UNAVAILABLE (client resumes). */
   watchMaxMs: number;
 }
@@ -99,6 +101,7 @@ export function readOrchestratorConfig(env: Env = process.env): OrchestratorConf
     sqlStatementTimeoutMs: integer(env, "ORCA_ORCHESTRATOR_SQL_STATEMENT_TIMEOUT_MS", 10_000, 1, 3_600_000),
     policyBundle: str(env, "ORCA_ORCHESTRATOR_POLICY_BUNDLE") ?? "default",
     cacheNamespace: str(env, "ORCA_ORCHESTRATOR_CACHE_NAMESPACE") ?? "orchestrator.results",
+    maxTasks: integer(env, "ORCA_ORCHESTRATOR_MAX_TASKS", 1_000, 1, 20_000),
     watchMaxMs: integer(env, "ORCA_ORCHESTRATOR_WATCH_MAX_MS", 3_600_000, 1_000, 86_400_000),
   };
 }

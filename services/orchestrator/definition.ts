@@ -159,12 +159,17 @@ function jsonBytes(value: unknown): number {
  * Validates a RegisterWorkflow request and returns its stored form, or the violations (each
  * naming the task and the field, e.g. `tasks[fetch].depends_on[0]`).
  */
-export function validateDefinition(req: RegisterWorkflowRequest, plugins: ReadonlyMap<string, Plugin>): { def?: StoredDefinition; violations: FieldViolation[] } {
+export function validateDefinition(
+  req: RegisterWorkflowRequest,
+  plugins: ReadonlyMap<string, Plugin>,
+  limits: { maxTasks: number },
+): { def?: StoredDefinition; violations: FieldViolation[] } {
+  const { maxTasks } = limits;
   const v: FieldViolation[] = [];
   if (!NAME_RE.test(req.name)) v.push({ field: "name", description: "must be 1 to 128 bytes of letters, digits, '_', '-' and '.', starting with a letter" });
   if (Buffer.byteLength(req.description) > 2000) v.push({ field: "description", description: "at most 2,000 bytes" });
   if (req.tasks.length === 0) v.push({ field: "tasks", description: "at least one task is required" });
-  if (req.tasks.length > 1000) v.push({ field: "tasks", description: "at most 1,000 tasks" });
+  if (req.tasks.length > maxTasks) v.push({ field: "tasks", description: `at most ${maxTasks.toLocaleString("en-US")} tasks (ORCA_ORCHESTRATOR_MAX_TASKS)` });
   if (req.maxParallelism < 0 || req.maxParallelism > 1000) v.push({ field: "max_parallelism", description: "must be between 0 (default 10) and 1,000" });
   const runTimeoutMs = durationMs(req.runTimeout);
   checkDuration(v, "run_timeout", runTimeoutMs, 1000, 30 * DAY, "between 1 second and 30 days");
@@ -175,7 +180,7 @@ export function validateDefinition(req: RegisterWorkflowRequest, plugins: Readon
         cache: storeCache(v, "defaults.cache", req.defaults.cache),
       }
     : undefined;
-  if (v.length > 0 || req.tasks.length === 0 || req.tasks.length > 1000) return { violations: v };
+  if (v.length > 0 || req.tasks.length === 0 || req.tasks.length > maxTasks) return { violations: v };
 
   const tasks: StoredTask[] = [];
   req.tasks.forEach((t: TaskDefinition, i: number) => {

@@ -160,7 +160,7 @@ export function orchestratorHandlers(deps: HandlerDeps): Partial<ServiceImpl<typ
   return {
     async registerWorkflow(req) {
       const tenant = tenantOf(req.tenant);
-      const { def, violations } = validateDefinition(req, plugins);
+      const { def, violations } = validateDefinition(req, plugins, config);
       if (!def) throw invalidArgument(violations);
       const { row, created } = await store.registerWorkflow(tenant, req.name, def);
       return { workflow: workflowProto(row), created };

@@ -5,6 +5,7 @@ import { buildDag, findCycle, validateDag } from "../../services/orchestrator/da
 import { backoffDelayMs, decideRetry, DEFAULT_RETRY, unjitteredDelayMs } from "../../services/orchestrator/retry.js";
 import { BadRequestSchema } from "../../services/orchestrator/bad-request.js";
 import { openMemoryDatabase, type Database } from "../../services/kit/db/database.js";
+import { readOrchestratorConfig } from "../../services/orchestrator/config.js";
 import { startTestOrchestrator, type TestOrchestrator } from "./support.js";
 
 describe("dag", () => {
@@ -125,6 +126,25 @@ describe("RegisterWorkflow validation (PGlite)", () => {
     expect(retry.fields).toEqual(["tasks[a].retry.max_attempts", "tasks[a].retry.multiplier", "tasks[a].retry.jitter"]);
     // Nothing was stored.
     expect((await orch.client.listWorkflows({})).workflows).toHaveLength(0);
+  });
+  it("enforces the configured DAG size limit (ORCA_ORCHESTRATOR_MAX_TASKS) and rejects a bad setting", async () => {
+    const small = await startTestOrchestrator(db, { env: { ORCA_ORCHESTRATOR_MAX_TASKS: "3" } });
+    try {
+      const chain = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `t${i}`, plugin: "test.noop", dependsOn: i ? [`t${i - 1}`] : [] }));
+      const error = await small.client.registerWorkflow({ name: "big", tasks: chain(4) }).then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+      expect(error?.code).toBe(Code.InvalidArgument);
+      expect(error?.rawMessage).toBe("tasks: at most 3 tasks (ORCA_ORCHESTRATOR_MAX_TASKS)");
+      expect((await small.client.listWorkflows({})).workflows.filter((w) => w.name === "big")).toHaveLength(0);
+      expect((await small.client.registerWorkflow({ name: "big", tasks: chain(3) })).created).toBe(true);
+    } finally {
+      await small.stop();
+    }
+    for (const bad of ["0", "20001", "many"]) {
+      expect(() => readOrchestratorConfig({ ORCA_ORCHESTRATOR_MAX_TASKS: bad })).toThrow(/ORCA_ORCHESTRATOR_MAX_TASKS/);
+    }
   });
   it("versions are immutable; an identical definition returns the latest with created = false", async () => {
     const def = { name: "v", tasks: [{ id: "a", plugin: "test.noop" }, { id: "b", plugin: "test.noop", dependsOn: ["a"] }] };

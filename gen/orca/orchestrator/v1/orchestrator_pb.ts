@@ -51,7 +51,8 @@ export type WorkflowDefinition = Message<"orca.orchestrator.v1.WorkflowDefinitio
   description: string;
 
   /**
-   * The tasks, 1 to 1,000 per workflow (the DAG size limit). Order does not matter;
+   * The tasks, at least 1 and at most the server's DAG size limit (ORCA_ORCHESTRATOR_MAX_TASKS,
+   * 1,000 by default). Order does not matter;
    * dependencies are given by `depends_on`.
    *
    * @generated from field: repeated orca.orchestrator.v1.TaskDefinition tasks = 5;
@@ -2295,8 +2296,8 @@ export const OrchestratorService: GenService<{
    * `tasks[fetch].depends_on[0]: unknown task "fetc"`), and for a cycle listing it
    * (`cycle: a -> b -> c -> a`); the same violations are also attached as a
    * google.rpc.BadRequest error detail; INVALID_ARGUMENT if `name` is empty, longer than 128
-   * bytes or malformed, if `tasks` is empty or holds more than 1,000 tasks, or a limit below
-   * is exceeded; PERMISSION_DENIED if `tenant` is not the caller's; RESOURCE_EXHAUSTED if the
+   * bytes or malformed, if `tasks` is empty or holds more tasks than the server's limit
+   * (ORCA_ORCHESTRATOR_MAX_TASKS, 1,000 by default), or a limit below is exceeded; PERMISSION_DENIED if `tenant` is not the caller's; RESOURCE_EXHAUSTED if the
    * tenant's workflow or version quota is reached.
    *
    * @generated from rpc orca.orchestrator.v1.OrchestratorService.RegisterWorkflow
