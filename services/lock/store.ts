@@ -7,7 +7,7 @@ import type { Redis } from "../kit/redis.js";
 import type { Logger } from "../kit/telemetry/logger.js";
 import type { LockConfig } from "./config.js";
 import type { LockMetrics } from "./metrics.js";
-import type { LockTables } from "./schema.js";
+import type { LeasesTable, LockTables } from "./schema.js";
 import { WatchHub, type LockEventRecord } from "./watch.js";
 
 /**
@@ -91,19 +91,8 @@ export interface AcquireInput {
   capacity: number;
 }
 
-interface LeaseRow {
-  id: string;
-  tenant: string;
-  resource: string;
-  owner: string;
-  token: bigint;
-  capacity: number;
-  ttl_ms: number;
-  granted_at: Date;
-  expires_at: Date;
-  ended_at: Date | null;
-  end_reason: string | null;
-}
+/** A row of orca_lock.leases as queries return it. */
+type LeaseRow = LeasesTable;
 
 function toLease(row: LeaseRow): LeaseRecord {
   return {
@@ -325,15 +314,6 @@ export class LockStore {
                and wait_deadline < now() - ${STALE_WAITER_GRACE_MS}::int * interval '1 millisecond') as reapable`,
     );
     return { live: Number(row!.live), waiting: Number(row!.waiting), reapable: Number(row!.reapable) };
-  }
-
-  private async liveCount(tx: Tx, tenant: string, resource: string): Promise<number> {
-    const [row] = await rows(
-      tx,
-      sql<{ n: number }>`select count(*)::int as n from orca_lock.leases
-        where tenant = ${tenant} and resource = ${resource} and ended_at is null and expires_at > now()`,
-    );
-    return Number(row!.n);
   }
 
   private async queueDepth(db: Db | Tx, tenant: string, resource: string): Promise<number> {

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { EventEmitter, on } from "node:events";
+import { EventEmitter } from "node:events";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { sql, type Kysely, type Transaction } from "kysely";
 import type { Database } from "../kit/db/database.js";

@@ -1,5 +1,6 @@
-import { CelScalar, celEnv, isCelError, isCelList, isCelMap, isCelUint, mapType, parse, plan, type CelValue } from "@bufbuild/cel";
+import { CelScalar, celEnv, isCelError, mapType, parse, plan, type CelValue } from "@bufbuild/cel";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { celToJson } from "../kit/cel-json.js";
 
 /**
  * CEL for conditions, config expressions and lock keys (@bufbuild/cel). Expressions are parsed
@@ -71,7 +72,7 @@ export function compileExpression(source: string): Compiled {
       throw new CelEvalError((error as Error).message);
     }
     if (isCelError(result)) throw new CelEvalError(result.message);
-    return toJson(result as CelValue);
+    return celToJson(result as CelValue);
   };
   return { program, taskRefs: [...taskRefs], source };
 }
@@ -126,21 +127,6 @@ function walk(expr: AnyExpr | undefined, bound: Set<string>, taskRefs: Set<strin
   }
 }
 
-/** CEL value -> JSON (ints become numbers; bytes become base64; other objects their string form). */
-export function toJson(value: CelValue): JsonValue {
-  if (value === null || typeof value === "boolean" || typeof value === "string") return value;
-  if (typeof value === "number") return Number.isFinite(value) ? value : String(value);
-  if (typeof value === "bigint") return Number(value);
-  if (isCelUint(value)) return Number(value.value);
-  if (value instanceof Uint8Array) return Buffer.from(value).toString("base64");
-  if (isCelList(value)) return [...value].map((v) => toJson(v));
-  if (isCelMap(value)) {
-    const out: JsonObject = {};
-    for (const [k, v] of value) out[String(isCelUint(k) ? k.value : k)] = toJson(v);
-    return out;
-  }
-  return String(value);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Config templates: `${ expr }` (the whole string: any JSON result), `${ expr }` inside a longer

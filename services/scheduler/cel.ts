@@ -1,5 +1,6 @@
-import { CelScalar, celEnv, isCelError, isCelList, isCelMap, isCelUint, mapType, parse, plan, type CelValue } from "@bufbuild/cel";
+import { CelScalar, celEnv, isCelError, mapType, parse, plan, type CelValue } from "@bufbuild/cel";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { celToJson } from "../kit/cel-json.js";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -161,7 +162,7 @@ export function compileMapping(mapping: JsonObject | undefined): Mapping {
           throw new CelRuntimeError(`input_mapping.${path}: ${(error as Error).message}`);
         }
         if (isCelError(result)) throw new CelRuntimeError(`input_mapping.${path}: ${result.message}`);
-        return toJson(result);
+        return celToJson(result);
       };
     }
     if (Array.isArray(value)) {
@@ -187,22 +188,3 @@ export class MappingCompileError extends CelCompileError {
   }
 }
 
-function toJson(value: CelValue): JsonValue {
-  if (value === null || typeof value === "boolean" || typeof value === "string") return value;
-  if (typeof value === "number") return Number.isFinite(value) ? value : String(value);
-  if (typeof value === "bigint") return Number(value);
-  if (isCelUint(value)) return Number(value.value);
-  if (value instanceof Uint8Array) return Buffer.from(value).toString("base64");
-  if (isCelList(value)) return [...value].map((v) => toJson(v));
-  if (isCelMap(value)) {
-    const out: JsonObject = {};
-    for (const [k, v] of value) out[String(isCelUint(k) ? k.value : k)] = toJson(v);
-    return out;
-  }
-  const maybe = value as { $typeName?: string; seconds?: bigint; nanos?: number };
-  if (maybe.$typeName === "google.protobuf.Timestamp") {
-    return new Date(Number(maybe.seconds ?? 0n) * 1000 + Math.floor((maybe.nanos ?? 0) / 1e6)).toISOString();
-  }
-  if (maybe.$typeName === "google.protobuf.Duration") return `${Number(maybe.seconds ?? 0n) + (maybe.nanos ?? 0) / 1e9}s`;
-  return String(value);
-}

@@ -3,9 +3,6 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSy
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
-import * as argo from "@kubernetes-models/argo-rollouts";
-import * as istio from "@kubernetes-models/istio";
-import * as k8s from "kubernetes-models";
 import { DEFAULT_PORTS, SERVICE_NAMES, type ServiceName } from "../../services/kit/catalog.js";
 import { callersOf, renderAll } from "../../scripts/render-manifests.js";
 

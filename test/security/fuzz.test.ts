@@ -26,6 +26,8 @@ import { startServiceHarness } from "../support/service-harness.js";
 const RUNS = Number(process.env.ORCA_FUZZ_RUNS ?? 150);
 // A fixed seed keeps CI repeatable; ORCA_FUZZ_SEED=random explores (the seed is printed on failure).
 const SEED = process.env.ORCA_FUZZ_SEED === "random" ? undefined : Number(process.env.ORCA_FUZZ_SEED ?? 20261123);
+// Long runs print a line every 1,000 requests, so a full run shows it is moving.
+const PROGRESS_EVERY = RUNS >= 2000 ? 1000 : Number.POSITIVE_INFINITY;
 const CRASH_CODES = new Set([Code.Internal, Code.Unknown, Code.DataLoss]);
 const BAD_INPUT_CODES = new Set([Code.InvalidArgument, Code.NotFound, Code.OutOfRange, Code.FailedPrecondition, Code.AlreadyExists, Code.PermissionDenied, Code.ResourceExhausted]);
 
@@ -67,7 +69,7 @@ const TARGETS: Record<string, FuzzTarget> = {
   },
 };
 
-describe.each(Object.entries(TARGETS))("hostile input: %s", (_name, target) => {
+describe.each(Object.entries(TARGETS))("hostile input: %s", (name, target) => {
   const cleanups: (() => Promise<void>)[] = [];
   afterAll(async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
@@ -96,9 +98,11 @@ describe.each(Object.entries(TARGETS))("hostile input: %s", (_name, target) => {
       return out.join(",");
     };
     const codes = new Map<string, number>();
+    let calls = 0;
     const request = fc.integer({ min: 0, max: methods.length - 1 }).chain((index) => messageInit(methods[index].input).map((init) => ({ method: methods[index] as DescMethod, init })));
     await fc.assert(
       fc.asyncProperty(request, async ({ method, init }) => {
+        if (++calls % PROGRESS_EVERY === 0) process.stdout.write(`hostile input ${name}: ${calls} of ${RUNS} requests\n`);
         const before = await lastSeq();
         const countsBefore = await counts();
         const error = await callAny(transport, service, method, init, {}, 400);
@@ -121,5 +125,5 @@ describe.each(Object.entries(TARGETS))("hostile input: %s", (_name, target) => {
     // Most random requests must be rejected as bad input, not served: a sanity check that the
     // generator reaches validation at all.
     expect([...codes.keys()].length).toBeGreaterThan(0);
-  }, 600_000);
+  }, Math.max(600_000, RUNS * 100));
 });
