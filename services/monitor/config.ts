@@ -1,4 +1,4 @@
-import { ConfigError } from "../kit/config.js";
+import { ConfigError, envBool, envInteger, envString, type Env } from "../kit/config.js";
 
 /**
  * Monitor settings, read from the environment once in `create()` (same style as the kit's
@@ -55,22 +55,10 @@ export interface MonitorConfig {
   recoveryBackoffMs: number;
 }
 
-type Env = Record<string, string | undefined>;
 
-function raw(env: Env, name: string): string | undefined {
-  const value = env[name]?.trim();
-  return value === undefined || value === "" ? undefined : value;
-}
-
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const value = raw(env, name);
-  if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) throw new ConfigError(name, `an integer from ${min} to ${max}`, value);
-  return Number(value);
-}
 
 function decimal(env: Env, name: string, fallback: number, min: number, max: number, exclusiveMin = false): number {
-  const value = raw(env, name);
+  const value = envString(env, name);
   if (value === undefined) return fallback;
   const n = Number(value);
   if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || n > max || n < min || (exclusiveMin && n === min)) {
@@ -79,49 +67,42 @@ function decimal(env: Env, name: string, fallback: number, min: number, max: num
   return n;
 }
 
-function bool(env: Env, name: string, fallback: boolean): boolean {
-  const value = raw(env, name);
-  if (value === undefined) return fallback;
-  if (/^(1|true|yes|on)$/i.test(value)) return true;
-  if (/^(0|false|no|off)$/i.test(value)) return false;
-  throw new ConfigError(name, "one of 1, 0, true, false, yes, no, on, off", value);
-}
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
 export function readMonitorConfig(env: Env = process.env): MonitorConfig {
-  const minIntervalMs = integer(env, "ORCA_MONITOR_MIN_INTERVAL_MS", 1000, 10, HOUR);
-  const defaultIntervalMs = integer(env, "ORCA_MONITOR_PROBE_INTERVAL_MS", 10_000, 10, HOUR);
+  const minIntervalMs = envInteger(env, "ORCA_MONITOR_MIN_INTERVAL_MS", 1000, 10, HOUR);
+  const defaultIntervalMs = envInteger(env, "ORCA_MONITOR_PROBE_INTERVAL_MS", 10_000, 10, HOUR);
   if (defaultIntervalMs < minIntervalMs) {
     throw new ConfigError("ORCA_MONITOR_PROBE_INTERVAL_MS", `an integer from ORCA_MONITOR_MIN_INTERVAL_MS (${minIntervalMs}) to ${HOUR}`, String(defaultIntervalMs));
   }
   const fastAlpha = decimal(env, "ORCA_MONITOR_EWMA_FAST_ALPHA", 0.3, 0, 1, true);
   const slowAlpha = decimal(env, "ORCA_MONITOR_EWMA_SLOW_ALPHA", 0.05, 0, 1, true);
   if (slowAlpha > fastAlpha) throw new ConfigError("ORCA_MONITOR_EWMA_SLOW_ALPHA", `a number not above ORCA_MONITOR_EWMA_FAST_ALPHA (${fastAlpha})`, String(slowAlpha));
-  const webhookBackoffMs = integer(env, "ORCA_MONITOR_WEBHOOK_BACKOFF_MS", 1000, 1, HOUR);
+  const webhookBackoffMs = envInteger(env, "ORCA_MONITOR_WEBHOOK_BACKOFF_MS", 1000, 1, HOUR);
   return {
     defaultIntervalMs,
     minIntervalMs,
-    defaultTimeoutMs: integer(env, "ORCA_MONITOR_PROBE_TIMEOUT_MS", 5000, 1, HOUR),
-    builtinTargets: bool(env, "ORCA_MONITOR_BUILTIN_TARGETS", true),
+    defaultTimeoutMs: envInteger(env, "ORCA_MONITOR_PROBE_TIMEOUT_MS", 5000, 1, HOUR),
+    builtinTargets: envBool(env, "ORCA_MONITOR_BUILTIN_TARGETS", true),
     fastAlpha,
     slowAlpha,
-    warmupSamples: integer(env, "ORCA_MONITOR_WARMUP_SAMPLES", 30, 1, 100_000),
+    warmupSamples: envInteger(env, "ORCA_MONITOR_WARMUP_SAMPLES", 30, 1, 100_000),
     latencyStddevFloorMs: decimal(env, "ORCA_MONITOR_LATENCY_STDDEV_FLOOR_MS", 1, 0, 60_000, true),
     errorRateStddevFloor: decimal(env, "ORCA_MONITOR_ERROR_RATE_STDDEV_FLOOR", 0.01, 0, 1, true),
-    webhookTimeoutMs: integer(env, "ORCA_MONITOR_WEBHOOK_TIMEOUT_MS", 10_000, 1, 10 * 60_000),
+    webhookTimeoutMs: envInteger(env, "ORCA_MONITOR_WEBHOOK_TIMEOUT_MS", 10_000, 1, 10 * 60_000),
     webhookBackoffMs,
-    webhookBackoffMaxMs: Math.max(webhookBackoffMs, integer(env, "ORCA_MONITOR_WEBHOOK_BACKOFF_MAX_MS", 5 * 60_000, 1, DAY)),
-    webhookMaxAttempts: integer(env, "ORCA_MONITOR_WEBHOOK_MAX_ATTEMPTS", 8, 1, 100),
-    tickMs: integer(env, "ORCA_MONITOR_TICK_MS", 1000, 10, 60_000),
-    sampleRetentionMs: integer(env, "ORCA_MONITOR_SAMPLE_RETENTION_MS", DAY, 60_000, 365 * DAY),
-    historyRetentionMs: integer(env, "ORCA_MONITOR_HISTORY_RETENTION_MS", 30 * DAY, 60_000, 3650 * DAY),
-    maxTargetsPerTenant: integer(env, "ORCA_MONITOR_MAX_TARGETS", 1000, 1, 1_000_000),
-    maxRulesPerTenant: integer(env, "ORCA_MONITOR_MAX_RULES", 1000, 1, 1_000_000),
-    maxSilencesPerTenant: integer(env, "ORCA_MONITOR_MAX_SILENCES", 1000, 1, 1_000_000),
-    watchMaxMs: integer(env, "ORCA_MONITOR_WATCH_MAX_MS", 30 * 60_000, 1000, DAY),
-    watchBuffer: integer(env, "ORCA_MONITOR_WATCH_BUFFER", 1000, 1, 1_000_000),
-    recoveryBackoffMs: integer(env, "ORCA_MONITOR_RECOVERY_BACKOFF_MS", 5000, 1, HOUR),
+    webhookBackoffMaxMs: Math.max(webhookBackoffMs, envInteger(env, "ORCA_MONITOR_WEBHOOK_BACKOFF_MAX_MS", 5 * 60_000, 1, DAY)),
+    webhookMaxAttempts: envInteger(env, "ORCA_MONITOR_WEBHOOK_MAX_ATTEMPTS", 8, 1, 100),
+    tickMs: envInteger(env, "ORCA_MONITOR_TICK_MS", 1000, 10, 60_000),
+    sampleRetentionMs: envInteger(env, "ORCA_MONITOR_SAMPLE_RETENTION_MS", DAY, 60_000, 365 * DAY),
+    historyRetentionMs: envInteger(env, "ORCA_MONITOR_HISTORY_RETENTION_MS", 30 * DAY, 60_000, 3650 * DAY),
+    maxTargetsPerTenant: envInteger(env, "ORCA_MONITOR_MAX_TARGETS", 1000, 1, 1_000_000),
+    maxRulesPerTenant: envInteger(env, "ORCA_MONITOR_MAX_RULES", 1000, 1, 1_000_000),
+    maxSilencesPerTenant: envInteger(env, "ORCA_MONITOR_MAX_SILENCES", 1000, 1, 1_000_000),
+    watchMaxMs: envInteger(env, "ORCA_MONITOR_WATCH_MAX_MS", 30 * 60_000, 1000, DAY),
+    watchBuffer: envInteger(env, "ORCA_MONITOR_WATCH_BUFFER", 1000, 1, 1_000_000),
+    recoveryBackoffMs: envInteger(env, "ORCA_MONITOR_RECOVERY_BACKOFF_MS", 5000, 1, HOUR),
   };
 }

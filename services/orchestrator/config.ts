@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import { ConfigError } from "../kit/config.js";
+import { ConfigError, envInteger, envString, type Env } from "../kit/config.js";
 
 /**
  * Orchestrator settings, read from the environment once in create(), validated like the kit's
@@ -40,22 +40,10 @@ export interface OrchestratorConfig {
   watchMaxMs: number;
 }
 
-type Env = Record<string, string | undefined>;
 
-function str(env: Env, name: string): string | undefined {
-  const value = env[name];
-  return value === undefined || value.trim() === "" ? undefined : value.trim();
-}
-
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = str(env, name);
-  if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new ConfigError(name, `an integer from ${min} to ${max}`, raw);
-  return Number(raw);
-}
 
 function list(env: Env, name: string): string[] {
-  return (str(env, name) ?? "")
+  return (envString(env, name) ?? "")
     .split(",")
     .map((s) => s.trim())
     .filter(Boolean);
@@ -65,7 +53,7 @@ function pairs(env: Env, name: string, expected: string): Record<string, string>
   const out: Record<string, string> = {};
   for (const item of list(env, name)) {
     const eq = item.indexOf("=");
-    if (eq <= 0 || eq === item.length - 1) throw new ConfigError(name, expected, str(env, name) ?? "");
+    if (eq <= 0 || eq === item.length - 1) throw new ConfigError(name, expected, envString(env, name) ?? "");
     out[item.slice(0, eq).trim()] = item.slice(eq + 1).trim();
   }
   return out;
@@ -87,21 +75,21 @@ export function readOrchestratorConfig(env: Env = process.env): OrchestratorConf
     if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError("ORCA_ORCHESTRATOR_SQL_DATABASES", "name=postgres://... pairs", `${name}=<url>`);
   }
   return {
-    replica: str(env, "ORCA_ORCHESTRATOR_REPLICA") ?? `${hostname()}:${process.pid}`,
-    maxConcurrency: integer(env, "ORCA_ORCHESTRATOR_MAX_CONCURRENCY", 64, 1, 10_000),
+    replica: envString(env, "ORCA_ORCHESTRATOR_REPLICA") ?? `${hostname()}:${process.pid}`,
+    maxConcurrency: envInteger(env, "ORCA_ORCHESTRATOR_MAX_CONCURRENCY", 64, 1, 10_000),
     pluginConcurrency,
-    queueConcurrency: integer(env, "ORCA_ORCHESTRATOR_QUEUE_CONCURRENCY", 100, 1, 100_000),
-    pollIntervalMs: integer(env, "ORCA_ORCHESTRATOR_POLL_INTERVAL_MS", 500, 10, 60_000),
-    maintenanceIntervalMs: integer(env, "ORCA_ORCHESTRATOR_MAINTENANCE_INTERVAL_MS", 500, 10, 60_000),
-    abortGraceMs: integer(env, "ORCA_ORCHESTRATOR_ABORT_GRACE_MS", 10_000, 0, 600_000),
+    queueConcurrency: envInteger(env, "ORCA_ORCHESTRATOR_QUEUE_CONCURRENCY", 100, 1, 100_000),
+    pollIntervalMs: envInteger(env, "ORCA_ORCHESTRATOR_POLL_INTERVAL_MS", 500, 10, 60_000),
+    maintenanceIntervalMs: envInteger(env, "ORCA_ORCHESTRATOR_MAINTENANCE_INTERVAL_MS", 500, 10, 60_000),
+    abortGraceMs: envInteger(env, "ORCA_ORCHESTRATOR_ABORT_GRACE_MS", 10_000, 0, 600_000),
     httpAllowedHosts: list(env, "ORCA_ORCHESTRATOR_HTTP_ALLOWED_HOSTS"),
     shellAllowedCommands: list(env, "ORCA_ORCHESTRATOR_SHELL_ALLOWED_COMMANDS"),
-    shellMaxOutputBytes: integer(env, "ORCA_ORCHESTRATOR_SHELL_MAX_OUTPUT_BYTES", 64 * 1024, 1, 16 * 1024 * 1024),
+    shellMaxOutputBytes: envInteger(env, "ORCA_ORCHESTRATOR_SHELL_MAX_OUTPUT_BYTES", 64 * 1024, 1, 16 * 1024 * 1024),
     sqlDatabases,
-    sqlStatementTimeoutMs: integer(env, "ORCA_ORCHESTRATOR_SQL_STATEMENT_TIMEOUT_MS", 10_000, 1, 3_600_000),
-    policyBundle: str(env, "ORCA_ORCHESTRATOR_POLICY_BUNDLE") ?? "default",
-    cacheNamespace: str(env, "ORCA_ORCHESTRATOR_CACHE_NAMESPACE") ?? "orchestrator.results",
-    maxTasks: integer(env, "ORCA_ORCHESTRATOR_MAX_TASKS", 1_000, 1, 20_000),
-    watchMaxMs: integer(env, "ORCA_ORCHESTRATOR_WATCH_MAX_MS", 3_600_000, 1_000, 86_400_000),
+    sqlStatementTimeoutMs: envInteger(env, "ORCA_ORCHESTRATOR_SQL_STATEMENT_TIMEOUT_MS", 10_000, 1, 3_600_000),
+    policyBundle: envString(env, "ORCA_ORCHESTRATOR_POLICY_BUNDLE") ?? "default",
+    cacheNamespace: envString(env, "ORCA_ORCHESTRATOR_CACHE_NAMESPACE") ?? "orchestrator.results",
+    maxTasks: envInteger(env, "ORCA_ORCHESTRATOR_MAX_TASKS", 1_000, 1, 20_000),
+    watchMaxMs: envInteger(env, "ORCA_ORCHESTRATOR_WATCH_MAX_MS", 3_600_000, 1_000, 86_400_000),
   };
 }

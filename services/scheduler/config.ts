@@ -1,4 +1,4 @@
-import { ConfigError } from "../kit/config.js";
+import { envInteger, type Env } from "../kit/config.js";
 
 /**
  * Scheduler settings, read from the environment once in `create()` (same style as the kit's
@@ -34,33 +34,23 @@ export interface SchedulerConfig {
   firingRetentionMs: number;
 }
 
-type Env = Record<string, string | undefined>;
-
-function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === "") return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
-    throw new ConfigError(name, `an integer from ${min} to ${max}`, raw);
-  }
-  return Number(raw);
-}
 
 const HOUR = 3_600_000;
 
 export function readSchedulerConfig(env: Env = process.env): SchedulerConfig {
   return {
-    minIntervalMs: integer(env, "ORCA_SCHEDULER_MIN_INTERVAL_MS", 1000, 1000, 24 * HOUR),
-    leaderTtlMs: integer(env, "ORCA_SCHEDULER_LEADER_TTL_MS", 10_000, 500, HOUR),
-    lateThresholdMs: integer(env, "ORCA_SCHEDULER_LATE_THRESHOLD_MS", 5000, 0, HOUR),
-    pollMs: integer(env, "ORCA_SCHEDULER_POLL_MS", 1000, 10, 60_000),
-    maxBuffered: integer(env, "ORCA_SCHEDULER_MAX_BUFFERED", 100, 1, 100_000),
-    eventDedupMs: integer(env, "ORCA_SCHEDULER_EVENT_DEDUP_MS", 24 * HOUR, 1000, 30 * 24 * HOUR),
-    maxPayloadBytes: integer(env, "ORCA_SCHEDULER_MAX_PAYLOAD_BYTES", 256 * 1024, 1024, 16 * 1024 * 1024),
-    maxSchedulesPerTenant: integer(env, "ORCA_SCHEDULER_MAX_SCHEDULES_PER_TENANT", 100_000, 1, 10_000_000),
-    maxTriggersPerTenant: integer(env, "ORCA_SCHEDULER_MAX_TRIGGERS_PER_TENANT", 10_000, 1, 1_000_000),
-    dispatchConcurrency: integer(env, "ORCA_SCHEDULER_DISPATCH_CONCURRENCY", 64, 1, 10_000),
-    maxMissedRecords: integer(env, "ORCA_SCHEDULER_MAX_MISSED_RECORDS", 1000, 1, 1_000_000),
-    retryMs: integer(env, "ORCA_SCHEDULER_RETRY_MS", 2000, 10, HOUR),
-    firingRetentionMs: integer(env, "ORCA_SCHEDULER_FIRING_RETENTION_MS", 30 * 24 * HOUR, HOUR, 3650 * 24 * HOUR),
+    minIntervalMs: envInteger(env, "ORCA_SCHEDULER_MIN_INTERVAL_MS", 1000, 1000, 24 * HOUR),
+    leaderTtlMs: envInteger(env, "ORCA_SCHEDULER_LEADER_TTL_MS", 10_000, 500, HOUR),
+    lateThresholdMs: envInteger(env, "ORCA_SCHEDULER_LATE_THRESHOLD_MS", 5000, 0, HOUR),
+    pollMs: envInteger(env, "ORCA_SCHEDULER_POLL_MS", 1000, 10, 60_000),
+    maxBuffered: envInteger(env, "ORCA_SCHEDULER_MAX_BUFFERED", 100, 1, 100_000),
+    eventDedupMs: envInteger(env, "ORCA_SCHEDULER_EVENT_DEDUP_MS", 24 * HOUR, 1000, 30 * 24 * HOUR),
+    maxPayloadBytes: envInteger(env, "ORCA_SCHEDULER_MAX_PAYLOAD_BYTES", 256 * 1024, 1024, 16 * 1024 * 1024),
+    maxSchedulesPerTenant: envInteger(env, "ORCA_SCHEDULER_MAX_SCHEDULES_PER_TENANT", 100_000, 1, 10_000_000),
+    maxTriggersPerTenant: envInteger(env, "ORCA_SCHEDULER_MAX_TRIGGERS_PER_TENANT", 10_000, 1, 1_000_000),
+    dispatchConcurrency: envInteger(env, "ORCA_SCHEDULER_DISPATCH_CONCURRENCY", 64, 1, 10_000),
+    maxMissedRecords: envInteger(env, "ORCA_SCHEDULER_MAX_MISSED_RECORDS", 1000, 1, 1_000_000),
+    retryMs: envInteger(env, "ORCA_SCHEDULER_RETRY_MS", 2000, 10, HOUR),
+    firingRetentionMs: envInteger(env, "ORCA_SCHEDULER_FIRING_RETENTION_MS", 30 * 24 * HOUR, HOUR, 3650 * 24 * HOUR),
   };
 }
