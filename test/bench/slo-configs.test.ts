@@ -18,6 +18,7 @@ describe("bench/slo configs", () => {
   it("cover the hot RPC of every service", () => {
     const names = named.map(([name]) => name);
     for (const expected of [
+      "lock/Acquire.json",
       "lock/GetLock.json",
       "cache/Get.json",
       "cache/Set.json",
