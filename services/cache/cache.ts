@@ -130,7 +130,13 @@ export class TieredCache {
 
   async start(): Promise<void> {
     try {
-      this.stopListening = await this.deps.database.listen(NOTIFY_CHANNEL, (payload) => this.receive(payload, "postgres"));
+      this.stopListening = await this.deps.database.listen(NOTIFY_CHANNEL, (payload) => this.receive(payload, "postgres"), {
+        // Without Redis, NOTIFY is the only way invalidations arrive: any sent while LISTEN was
+        // down are lost, so L1 (and every watcher's near-cache) starts over.
+        onReconnect: () => {
+          if (!this.redisSubscribed) this.dropLocalState();
+        },
+      });
       this.pgListening = true;
     } catch (error) {
       this.deps.logger.warn({ err: error }, "cache: LISTEN failed; invalidations arrive through Redis only");
@@ -524,6 +530,25 @@ export class TieredCache {
       flights?.clear();
     }
     this.emit(message);
+  }
+
+  /**
+   * Forgets everything this replica learned from invalidation messages it may have missed: L1,
+   * in-flight loads (their results could be older than a lost invalidation), and the watchers'
+   * near-caches, which get FLUSH.
+   */
+  private dropLocalState(): void {
+    this.l1.flush();
+    for (const [nsId, flights] of this.flights) {
+      this.epochs.set(nsId, this.epoch(nsId) + 1);
+      flights.clear();
+    }
+    this.stats.metrics.resyncs.inc();
+    for (const watcher of this.watchers) {
+      watcher.queue = this.flushEvents(watcher.tenant, watcher.namespaces);
+      watcher.wake?.();
+    }
+    this.deps.logger.warn("cache: invalidations may have been missed while LISTEN was down; L1 dropped, watchers sent FLUSH");
   }
 
   // ---------------------------------------------------------------- watchers

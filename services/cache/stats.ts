@@ -65,6 +65,11 @@ export class CacheStats {
         buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
         registers: [registry],
       }),
+      resyncs: new Counter({
+        name: "orca_cache_l1_resyncs_total",
+        help: "Times L1 was dropped because invalidations may have been missed (LISTEN reconnected without Redis).",
+        registers: [registry],
+      }),
       purged: new Counter({ name: "orca_cache_l3_purged_total", help: "Expired L3 rows purged.", registers: [registry] }),
       watchers: new Gauge({ name: "orca_cache_watch_streams", help: "Open WatchInvalidations streams.", registers: [registry] }),
       l1Bytes: new Gauge({

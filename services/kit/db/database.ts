@@ -26,11 +26,19 @@ export interface Database {
   /**
    * LISTEN on a channel; `onPayload` gets each NOTIFY payload (sent with `pg_notify` inside the
    * writer's transaction, so listeners only hear committed changes). On Postgres this holds one
-   * dedicated connection per channel, reconnecting after errors; on PGlite it uses the instance's
-   * own listener. Returns the function that stops listening.
+   * dedicated connection per channel, reconnecting after errors (with backoff, until it is back);
+   * on PGlite it uses the instance's own listener. Notifications sent while the connection was
+   * down are lost, so `onReconnect` runs once LISTEN is back after a loss: callers that keep
+   * state derived from notifications (the Cache's L1) drop it there. Returns the function that
+   * stops listening.
    */
-  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  listen(channel: string, onPayload: (payload: string) => void, options?: ListenOptions): Promise<() => Promise<void>>;
   close(): Promise<void>;
+}
+
+export interface ListenOptions {
+  /** Runs after LISTEN is re-established following a lost connection (not on the first connect). */
+  onReconnect?: () => void;
 }
 
 const INT8_OID = 20;
@@ -56,7 +64,7 @@ export async function openDatabase(options: { databaseUrl?: string; dataDir: str
       kind: "postgres",
       location,
       ping: async () => void (await sql`select 1`.execute(db)),
-      listen: (channel, onPayload) => listenPostgres(options.databaseUrl!, channel, onPayload, options.logger),
+      listen: (channel, onPayload, listenOptions) => listenPostgres(options.databaseUrl!, channel, onPayload, options.logger, listenOptions),
       close: () => db.destroy(),
     };
   }
@@ -83,23 +91,63 @@ function pgliteDatabase(pglite: PGlite, location: string): Database {
   };
 }
 
-async function listenPostgres(url: string, channel: string, onPayload: (payload: string) => void, logger: Logger): Promise<() => Promise<void>> {
+async function listenPostgres(
+  url: string,
+  channel: string,
+  onPayload: (payload: string) => void,
+  logger: Logger,
+  options: ListenOptions = {},
+): Promise<() => Promise<void>> {
   let client: pg.Client | undefined;
   let stopped = false;
   let retryTimer: NodeJS.Timeout | undefined;
+  let failures = 0;
   const connect = async (): Promise<void> => {
     const next = new pg.Client({ connectionString: url });
     next.on("notification", (message) => {
       if (message.channel === channel) onPayload(message.payload ?? "");
     });
+    let lost = false;
     next.on("error", (error) => {
+      if (lost) return;
+      lost = true;
       logger.warn({ err: error, channel }, "LISTEN connection lost; reconnecting");
       void next.end().catch(() => undefined);
-      if (!stopped) retryTimer = setTimeout(() => void connect().catch(() => undefined), 500);
+      if (client === next) client = undefined;
+      scheduleReconnect();
     });
-    await next.connect();
-    await next.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    try {
+      await next.connect();
+      await next.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    } catch (error) {
+      void next.end().catch(() => undefined);
+      throw error;
+    }
+    if (stopped) {
+      await next.end().catch(() => undefined);
+      return;
+    }
     client = next;
+  };
+  // Retries until LISTEN is back (the database may be down for a while), 0.5 s doubling to 10 s.
+  const scheduleReconnect = () => {
+    if (stopped) return;
+    const delayMs = Math.min(10_000, 500 * 2 ** Math.min(failures, 5));
+    retryTimer = setTimeout(() => {
+      connect().then(
+        () => {
+          if (stopped) return;
+          failures = 0;
+          logger.info({ channel }, "LISTEN connection re-established");
+          options.onReconnect?.();
+        },
+        (error: unknown) => {
+          failures++;
+          logger.warn({ err: error, channel, attempt: failures }, "LISTEN reconnect failed; retrying");
+          scheduleReconnect();
+        },
+      );
+    }, delayMs);
   };
   await connect();
   return async () => {
