@@ -23,6 +23,7 @@ interface GrpcJsEchoClient extends grpc.Client {
     options: grpc.CallOptions,
     callback: (error: grpc.ServiceError | null, response?: { payload: Buffer; correlationId: string }) => void,
   ): grpc.ClientUnaryCall;
+  EchoStream(request: { payload?: Buffer; repeat?: number }, metadata?: grpc.Metadata): grpc.ClientReadableStream<{ index: number }>;
 }
 
 function grpcJsEchoClient(port: number): GrpcJsEchoClient {
@@ -157,24 +158,52 @@ describe("OrcaServer", () => {
       }
     });
 
-    // Known interop gap, not fixed in the kit: connect (both the fast path, through connect's
-    // setTrailerStatus, and connect-node) percent-encodes grpc-message with encodeURIComponent,
-    // so "," ":" "/" "?" "=" ... travel as %2C %3A ...; grpc-js decodes with decodeURI, which
-    // leaves those escapes alone. grpc-js users see "lease_ms%3A must be positive". it.fails turns
-    // red once this is fixed, so the expectation can then move into the test above.
-    it.fails("grpc-js sees error messages with reserved characters (',', ':') as sent", async () => {
+    // connect percent-encodes grpc-message with encodeURIComponent (",", ":", "/" ... too) and
+    // grpc-js decodes with decodeURI, which leaves those escapes alone; the kit sends the
+    // spec's encoding instead (kit/server/grpc-message.ts), on both of its gRPC paths.
+    const unaryError = (port: number, message: string) => {
+      const client = grpcJsEchoClient(port);
+      return new Promise<grpc.ServiceError>((resolve, reject) => {
+        client.Echo({ failWithCode: grpc.status.INVALID_ARGUMENT, failWithMessage: message }, new grpc.Metadata(), {}, (e) =>
+          e ? resolve(e) : reject(new Error("expected an error")),
+        );
+      }).finally(() => client.close());
+    };
+    const awkward = "lease_ms: must be positive, got -1 (100% sure / é ?=&#)";
+
+    it("sees error messages with reserved characters (',', ':', '%', UTF-8) as sent (fast path)", async () => {
+      const error = await unaryError(echo.endpoints.port, awkward);
+      expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(error.details).toBe(awkward);
+    });
+
+    it("sees them as sent from connect-node too (server stream; unary with the fast path off)", async () => {
       const client = grpcJsEchoClient(echo.endpoints.port);
       try {
-        const error = await new Promise<grpc.ServiceError>((resolve, reject) => {
-          client.Echo({ failWithCode: grpc.status.INVALID_ARGUMENT, failWithMessage: "lease_ms: must be positive, got -1" }, new grpc.Metadata(), {}, (e) =>
-            e ? resolve(e) : reject(new Error("expected an error")),
-          );
+        const streamError = await new Promise<grpc.ServiceError>((resolve, reject) => {
+          const call = client.EchoStream({ repeat: 1001 }, new grpc.Metadata());
+          call.on("data", () => undefined);
+          call.on("error", resolve);
+          call.on("end", () => reject(new Error("expected an error")));
         });
-        expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
-        expect(error.details).toBe("lease_ms: must be positive, got -1");
+        expect(streamError.code).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(streamError.details).toBe("repeat: must be at most 1000");
       } finally {
         client.close();
       }
+      const slow = await startEchoServer({ fastPath: false });
+      try {
+        const error = await unaryError(slow.endpoints.port, awkward);
+        expect(error.details).toBe(awkward);
+      } finally {
+        await slow.server.shutdown();
+      }
+      // Connect's own clients decode the spec's form as well.
+      const transport = createGrpcTransport({ baseUrl: echo.server.url });
+      const fromConnect = await createClient(EchoService, transport)
+        .echo({ failWithCode: Code.InvalidArgument, failWithMessage: awkward })
+        .catch((e: unknown) => ConnectError.from(e));
+      expect((fromConnect as ConnectError).rawMessage).toBe(awkward);
     });
 
     it("gets DEADLINE_EXCEEDED when its deadline passes", async () => {

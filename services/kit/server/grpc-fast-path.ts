@@ -22,6 +22,7 @@ import {
   type Serialization,
 } from "@connectrpc/connect/protocol";
 import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { encodeGrpcMessage } from "./grpc-message.js";
 import { HeaderMap } from "./header-map.js";
 
 /**
@@ -354,7 +355,10 @@ class UnaryCall {
 
   private respond(body: Uint8Array | undefined, error: ConnectError | undefined): void {
     if (this.ended) return;
-    if (error) setTrailerStatus(this.responseTrailer, error);
+    if (error) {
+      setTrailerStatus(this.responseTrailer, error);
+      this.responseTrailer.set("grpc-message", encodeGrpcMessage(error.rawMessage));
+    }
     else this.responseTrailer.set("grpc-status", grpcStatusOk);
     this.end(error ?? COMPLETED);
     const stream = this.stream;

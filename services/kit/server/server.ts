@@ -17,6 +17,7 @@ import { createServiceMetrics, type ServiceMetrics } from "../telemetry/metrics.
 import { PEER_ADDRESS_HEADER, PEER_SAN_HEADER } from "../auth/interceptor.js";
 import { createAdminServer } from "./admin.js";
 import { createGrpcFastPath } from "./grpc-fast-path.js";
+import { specGrpcMessages } from "./grpc-message.js";
 import { HealthRegistry, ServingStatus, healthHandlers } from "./health.js";
 import { REFLECTION_SERVICES, ReflectionIndex, reflectionHandlers } from "./reflection.js";
 
@@ -147,7 +148,8 @@ export class OrcaServer {
       }
       if (fastPath?.(stream, headers)) return;
       // Everything else goes through Node's compatibility layer to connect-node, as
-      // http2.createServer(handler) would do.
+      // http2.createServer(handler) would do; gRPC (not gRPC-Web) gets the spec's grpc-message.
+      if (isGrpcContentType(headers["content-type"])) specGrpcMessages(stream);
       const request = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
       const response = new http2.Http2ServerResponse(stream);
       void connectHandler(request, response);
@@ -340,4 +342,9 @@ function sanAllowed(socket: TLSSocket, allowed: string[]): boolean {
   const san = socket.getPeerCertificate()?.subjectaltname ?? "";
   const names = san.split(",").map((entry) => entry.trim().replace(/^(DNS|URI|IP Address):/, ""));
   return names.some((name) => allowed.includes(name));
+}
+
+/** application/grpc and application/grpc+proto|json, but not gRPC-Web (whose trailers are in the body). */
+function isGrpcContentType(contentType: string | undefined): boolean {
+  return contentType !== undefined && contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web");
 }
