@@ -75,6 +75,7 @@ export function clusterEnvironment(): Record<string, string> {
     ORCA_RATE_LIMIT_RPS: "100",
     ORCA_RATE_LIMIT_BURST: "200",
     ORCA_MAX_STREAM_SECONDS: "3600",
+    ORCA_EVENT_RETENTION_MS: "2592000000",
   };
   Object.assign(env, SERVICE_SETTINGS);
   for (const name of SERVICE_NAMES) {

@@ -3,6 +3,7 @@ import { createSecurityInterceptors } from "../kit/auth/index.js";
 import { MeshClients } from "../kit/clients/mesh-clients.js";
 import type { OrcaConfig } from "../kit/config.js";
 import { openDatabase, type Database } from "../kit/db/database.js";
+import { startEventLogRetention } from "../kit/db/event-log.js";
 import { migrate } from "../kit/db/migrations.js";
 import { openRedis, type Redis } from "../kit/redis.js";
 import { OrcaServer, type Endpoints } from "../kit/server/server.js";
@@ -10,6 +11,8 @@ import type { ServiceInstance } from "../kit/service-module.js";
 import type { Logger } from "../kit/telemetry/logger.js";
 import { createServiceMetrics } from "../kit/telemetry/metrics.js";
 import { SERVICE_MODULES } from "../modules.js";
+
+const EVENT_PRUNE_INTERVAL_MS = 3_600_000;
 
 export interface RunningMesh {
   endpoints: Partial<Record<ServiceName, Endpoints>>;
@@ -44,7 +47,9 @@ export async function startMesh(options: {
   const instances: ServiceInstance[] = [];
   const endpoints: Partial<Record<ServiceName, Endpoints>> = {};
   const ordered = (Object.keys(SERVICE_MODULES) as ServiceName[]).filter((name) => options.services.includes(name));
+  const retention: { stop(): void }[] = [];
   const shutdown = async () => {
+    for (const pruner of retention) pruner.stop();
     await Promise.all(Object.values(servers).map((server) => server.shutdown()));
     for (const instance of instances) await instance.close?.();
     redis?.disconnect();
@@ -59,6 +64,9 @@ export async function startMesh(options: {
       const metrics = createServiceMetrics(name);
       const instance = await module.create({ config, logger: serviceLogger, database, redis, clients, metricsRegistry: metrics.registry });
       instances.push(instance);
+      retention.push(
+        startEventLogRetention({ db: database.db, schema: module.schema, retentionMs: config.eventRetentionMs, intervalMs: EVENT_PRUNE_INTERVAL_MS, logger: serviceLogger }),
+      );
       const server = new OrcaServer({
         name,
         host: config.host,

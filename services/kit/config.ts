@@ -68,6 +68,8 @@ export interface OrcaConfig {
   auth: AuthConfig;
   /** Server streams end with Unavailable after this long; clients resume (WatchRun from a sequence). */
   maxStreamSeconds: number;
+  /** Rows of each service's event log older than this are deleted hourly; 0 keeps them forever. */
+  eventRetentionMs: number;
 }
 
 /**
@@ -191,6 +193,7 @@ export function readConfig(env: Env = process.env): OrcaConfig {
             },
     },
     maxStreamSeconds: envInteger(env, "ORCA_MAX_STREAM_SECONDS", 3600, 1, 86_400),
+    eventRetentionMs: eventRetention(env),
     host,
     services,
     databaseUrl: envUrl(env, "DATABASE_URL", ["postgres", "postgresql"]),
@@ -204,4 +207,13 @@ export function readConfig(env: Env = process.env): OrcaConfig {
     grpcFastPath: envBool(env, "ORCA_GRPC_FAST_PATH", true),
     otlpEndpoint: envUrl(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http", "https"]),
   };
+}
+
+const HOUR_MS = 3_600_000;
+
+/** ORCA_EVENT_RETENTION_MS: 0 (keep forever) or at least an hour; default 30 days. */
+function eventRetention(env: Env): number {
+  const value = envInteger(env, "ORCA_EVENT_RETENTION_MS", 30 * 24 * HOUR_MS, 0, 3650 * 24 * HOUR_MS);
+  if (value !== 0 && value < HOUR_MS) throw new ConfigError("ORCA_EVENT_RETENTION_MS", `0 (keep forever) or an integer from ${HOUR_MS} to ${3650 * 24 * HOUR_MS}`, String(value));
+  return value;
 }
