@@ -22,6 +22,8 @@ export interface OrchestratorConfig {
   abortGraceMs: number;
   /** ORCA_ORCHESTRATOR_HTTP_ALLOWED_HOSTS: comma-separated host globs the http plugin may call (empty = none). */
   httpAllowedHosts: string[];
+  /** ORCA_ORCHESTRATOR_GRPC_ALLOWED_TARGETS: comma-separated "host:port" globs the grpc plugin may call outside the mesh (empty = none). */
+  grpcAllowedTargets: string[];
   /** ORCA_ORCHESTRATOR_SHELL_ALLOWED_COMMANDS: comma-separated commands (absolute paths or names) the shell plugin may run. */
   shellAllowedCommands: string[];
   /** ORCA_ORCHESTRATOR_SHELL_MAX_OUTPUT_BYTES: cap on captured stdout and stderr, each. */
@@ -83,6 +85,7 @@ export function readOrchestratorConfig(env: Env = process.env): OrchestratorConf
     maintenanceIntervalMs: envInteger(env, "ORCA_ORCHESTRATOR_MAINTENANCE_INTERVAL_MS", 500, 10, 60_000),
     abortGraceMs: envInteger(env, "ORCA_ORCHESTRATOR_ABORT_GRACE_MS", 10_000, 0, 600_000),
     httpAllowedHosts: list(env, "ORCA_ORCHESTRATOR_HTTP_ALLOWED_HOSTS"),
+    grpcAllowedTargets: list(env, "ORCA_ORCHESTRATOR_GRPC_ALLOWED_TARGETS"),
     shellAllowedCommands: list(env, "ORCA_ORCHESTRATOR_SHELL_ALLOWED_COMMANDS"),
     shellMaxOutputBytes: envInteger(env, "ORCA_ORCHESTRATOR_SHELL_MAX_OUTPUT_BYTES", 64 * 1024, 1, 16 * 1024 * 1024),
     sqlDatabases,

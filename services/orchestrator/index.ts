@@ -42,7 +42,7 @@ export function createOrchestratorModule(overrides: OrchestratorOverrides = {}):
       const config = readOrchestratorConfig(overrides.env ?? process.env);
       const sql = sqlPlugin(config.sqlDatabases, config.sqlStatementTimeoutMs);
       const plugins = new Map<string, Plugin>();
-      for (const p of [httpPlugin(config.httpAllowedHosts), grpcPlugin(ctx.clients), shellPlugin(config.shellAllowedCommands, config.shellMaxOutputBytes), sql, ...(overrides.extraPlugins ?? [])]) {
+      for (const p of [httpPlugin(config.httpAllowedHosts), grpcPlugin(ctx.clients, config.grpcAllowedTargets), shellPlugin(config.shellAllowedCommands, config.shellMaxOutputBytes), sql, ...(overrides.extraPlugins ?? [])]) {
         plugins.set(p.name, p);
       }
       const store = new OrchestratorStore(ctx.database.db, { plugins, abortGraceMs: config.abortGraceMs, replica: config.replica });
