@@ -152,8 +152,8 @@ export type TaskDefinition = Message<"orca.orchestrator.v1.TaskDefinition"> & {
 
   /**
    * Plugin that executes the task: "http" (method, url, headers, body, expected status; only
-   * hosts on the server's allowlist), "grpc" (a unary call described by reflection, or to a
-   * mesh service), "shell" (an allowlisted command as argv, with a timeout and capped
+   * hosts on the server's allowlist), "grpc" (a unary call to a mesh service, or, with
+   * `target`, to any server on the server's allowlist, described by its reflection), "shell" (an allowlisted command as argv, with a timeout and capped
    * output), "sql" (a read-only transaction with a statement timeout on a configured
    * database) or "worker" (the task waits in `queue` for an external worker, see PollTasks).
    * An unknown plugin is INVALID_ARGUMENT at registration.
