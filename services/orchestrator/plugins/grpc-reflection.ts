@@ -15,6 +15,8 @@ import {
  * no generated code for. A service's files (and their imports, asked for by name when the server
  * did not send them) become a registry; the result is cached per target and service.
  */
+const MAX_CACHED = 1_000;
+
 export class ReflectionResolver {
   private readonly cache = new Map<string, { expiresAt: number; service: DescService }>();
 
@@ -29,6 +31,8 @@ export class ReflectionResolver {
     const cached = this.cache.get(key);
     if (cached && cached.expiresAt > Date.now()) return cached.service;
     const service = await this.fetch(target, serviceName, signal);
+    // Bounded: with templated targets or services there could be many; the oldest go first.
+    if (this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
     this.cache.set(key, { expiresAt: Date.now() + this.options.ttlMs, service });
     return service;
   }

@@ -132,7 +132,9 @@ function externalCalls(allowedTargets: string[]) {
   const transports = new Map<string, Transport>();
   const transportFor = (target: string) => {
     let transport = transports.get(target);
-    if (!transport) transports.set(target, (transport = createGrpcTransport({ baseUrl: target })));
+    // Responses (descriptors included) are bounded like the kit's own messages: a hostile or
+    // broken server must not make the Orchestrator buffer gigabytes.
+    if (!transport) transports.set(target, (transport = createGrpcTransport({ baseUrl: target, readMaxBytes: 4 * 1024 * 1024 })));
     return transport;
   };
   const resolver = new ReflectionResolver(transportFor);
