@@ -1,12 +1,11 @@
 import { sql } from "kysely";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { readConfig } from "../../services/kit/config.js";
-import { openDatabase, openMemoryDatabase, type Database } from "../../services/kit/db/database.js";
+import type { Database } from "../../services/kit/db/database.js";
 import { EVENT_PRUNE_BATCH, pruneEventLog } from "../../services/kit/db/event-log.js";
 import { migrate } from "../../services/kit/db/migrations.js";
-import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { SERVICE_MODULES } from "../../services/modules.js";
-import { createFreshDatabase, postgresAvailable } from "../support/postgres.js";
+import { postgresAvailable, withFreshPostgres, withPglite } from "../support/postgres.js";
 
 const HOUR = 3_600_000;
 const lock = SERVICE_MODULES.lock;
@@ -31,31 +30,9 @@ async function checkPruning(database: Database) {
 }
 
 describe("event log retention", () => {
-  it("deletes rows older than ORCA_EVENT_RETENTION_MS in batches and keeps the rest (PGlite)", async () => {
-    const database = await openMemoryDatabase();
-    try {
-      await checkPruning(database);
-    } finally {
-      await database.close();
-    }
-  });
+  it("deletes rows older than ORCA_EVENT_RETENTION_MS in batches and keeps the rest (PGlite)", () => withPglite(checkPruning));
 
-  describe.skipIf(!postgresAvailable)("on real Postgres (DATABASE_URL)", () => {
-    const cleanups: (() => Promise<void>)[] = [];
-    afterAll(async () => {
-      for (const cleanup of cleanups) await cleanup();
-    });
-    it("deletes rows older than the retention in batches and keeps the rest", async () => {
-      const fresh = await createFreshDatabase();
-      cleanups.push(fresh.drop);
-      const database = await openDatabase({ databaseUrl: fresh.url, dataDir: "unused", logger: createLogger({ level: "silent" }) });
-      try {
-        await checkPruning(database);
-      } finally {
-        await database.close();
-      }
-    });
-  });
+  it.skipIf(!postgresAvailable)("deletes rows older than the retention in batches and keeps the rest (real Postgres)", () => withFreshPostgres(checkPruning));
 
   it("reads ORCA_EVENT_RETENTION_MS: default 30 days, 0 keeps forever, under an hour is an error naming it", () => {
     expect(readConfig({}).eventRetentionMs).toBe(30 * 24 * HOUR);

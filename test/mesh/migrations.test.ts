@@ -1,10 +1,10 @@
 import { sql } from "kysely";
-import { afterAll, describe, expect, it } from "vitest";
-import { openDatabase, openMemoryDatabase, type Database } from "../../services/kit/db/database.js";
+import { describe, expect, it } from "vitest";
+import { openDatabase, type Database } from "../../services/kit/db/database.js";
 import { migrate } from "../../services/kit/db/migrations.js";
 import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { SERVICE_MODULES } from "../../services/modules.js";
-import { createFreshDatabase, postgresAvailable } from "../support/postgres.js";
+import { postgresAvailable, withFreshPostgres, withPglite } from "../support/postgres.js";
 
 const logger = createLogger({ level: "silent" });
 
@@ -27,31 +27,10 @@ async function checkAllMigrations(database: Database) {
 }
 
 describe("migrations", () => {
-  it("run on embedded PGlite, once, each service in its own schema", async () => {
-    const database = await openMemoryDatabase();
-    try {
-      await checkAllMigrations(database);
-    } finally {
-      await database.close();
-    }
-  });
+  it("run on embedded PGlite, once, each service in its own schema", () => withPglite(checkAllMigrations));
 
   describe.skipIf(!postgresAvailable)("on real Postgres (DATABASE_URL)", () => {
-    const cleanups: (() => Promise<void>)[] = [];
-    afterAll(async () => {
-      for (const cleanup of cleanups) await cleanup();
-    });
-
-    it("run on Postgres, once, each service in its own schema", async () => {
-      const fresh = await createFreshDatabase();
-      cleanups.push(fresh.drop);
-      const database = await openDatabase({ databaseUrl: fresh.url, dataDir: "unused", logger });
-      try {
-        await checkAllMigrations(database);
-      } finally {
-        await database.close();
-      }
-    });
+    it("run on Postgres, once, each service in its own schema", () => withFreshPostgres(checkAllMigrations));
 
     it("reports an unreachable Postgres clearly", async () => {
       await expect(

@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
+import { openDatabase, openMemoryDatabase, type Database } from "../../services/kit/db/database.js";
+import { createLogger } from "../../services/kit/telemetry/logger.js";
 
 /**
  * Real Postgres for integration tests, from DATABASE_URL. Each caller gets a fresh database
@@ -27,4 +29,29 @@ export async function createFreshDatabase(): Promise<{ url: string; drop: () => 
       await client.end();
     },
   };
+}
+
+/** Runs `check` on a fresh in-memory PGlite database, closed afterwards. */
+export async function withPglite(check: (database: Database) => Promise<void>): Promise<void> {
+  const database = await openMemoryDatabase();
+  try {
+    await check(database);
+  } finally {
+    await database.close();
+  }
+}
+
+/** Runs `check` on a fresh real Postgres database (DATABASE_URL), closed and dropped afterwards. */
+export async function withFreshPostgres(check: (database: Database) => Promise<void>): Promise<void> {
+  const fresh = await createFreshDatabase();
+  try {
+    const database = await openDatabase({ databaseUrl: fresh.url, dataDir: "unused", logger: createLogger({ level: "silent" }) });
+    try {
+      await check(database);
+    } finally {
+      await database.close();
+    }
+  } finally {
+    await fresh.drop();
+  }
 }
