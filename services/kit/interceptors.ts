@@ -21,7 +21,7 @@ import type { MethodMetrics, ServiceMetrics } from "./telemetry/metrics.js";
 type AnyResponse = UnaryResponse | StreamResponse;
 
 /** next(req), with a synchronous throw turned into a rejection, as an async function would. */
-function invokeNext<R>(next: (req: R) => Promise<AnyResponse>, req: R): Promise<AnyResponse> {
+export function invokeNext<R, T>(next: (req: R) => Promise<T>, req: R): Promise<T> {
   try {
     return next(req);
   } catch (error) {
@@ -148,7 +148,7 @@ export function contextInterceptor(serviceName: string): Interceptor {
 }
 
 function runInContext<T>(spanContext: Context | undefined, next: (req: T) => Promise<AnyResponse>, req: T): Promise<AnyResponse> {
-  return spanContext ? otelContext.with(spanContext, invokeNext<T>, undefined, next, req) : invokeNext(next, req);
+  return spanContext ? otelContext.with(spanContext, invokeNext<T, AnyResponse>, undefined, next, req) : invokeNext(next, req);
 }
 
 function endSpan(span: Span, error: unknown): void {

@@ -1,6 +1,6 @@
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { checkRequestMessages } from "./interceptors.js";
+import { checkRequestMessages, invokeNext } from "./interceptors.js";
 
 /**
  * Values that no handler can store or compute with, rejected at the door for every service with
@@ -88,13 +88,8 @@ export function requestGuardInterceptor(): Interceptor {
     if (problem) throw new ConnectError(problem, Code.InvalidArgument);
   };
   // Not async: an async frame per call is costly once AsyncLocalStorage is in use (see interceptors.ts).
-  return (next) => (req) => {
-    let checked: typeof req;
-    try {
-      checked = checkRequestMessages(req, (message) => check(req.method.input, message));
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    return next(checked);
+  return (next) => {
+    const guarded: typeof next = (req) => next(checkRequestMessages(req, (message) => check(req.method.input, message)));
+    return (req) => invokeNext(guarded, req);
   };
 }

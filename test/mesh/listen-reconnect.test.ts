@@ -5,6 +5,7 @@ import pg from "pg";
 import { openDatabase, type Database } from "../../services/kit/db/database.js";
 import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { createFreshDatabase, postgresAvailable } from "../support/postgres.js";
+import { waitFor } from "../support/wait.js";
 
 /**
  * A TCP proxy in front of the real Postgres that the test can take down and bring back on the
@@ -69,16 +70,9 @@ describe.skipIf(!postgresAvailable)("kit database.listen across a database outag
       await direct.query("select pg_notify('orca_test_channel', $1)", [payload]);
       await direct.end();
     };
-    const until = async (check: () => boolean, what: string, timeoutMs = 15_000) => {
-      const deadline = Date.now() + timeoutMs;
-      while (!check()) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
     try {
       await notify("before");
-      await until(() => payloads.includes("before"), "the first notification");
+      await waitFor("the first notification", () => payloads.includes("before"));
 
       // Down for long enough that several reconnect attempts fail (0.5 s, then 1 s, 2 s apart).
       await outage.down();
@@ -87,9 +81,9 @@ describe.skipIf(!postgresAvailable)("kit database.listen across a database outag
       expect(reconnects).toBe(0);
       await outage.up();
 
-      await until(() => reconnects === 1, "onReconnect after the outage");
+      await waitFor("onReconnect after the outage", () => reconnects === 1, 15_000);
       await notify("after");
-      await until(() => payloads.includes("after"), "a notification over the new connection");
+      await waitFor("a notification over the new connection", () => payloads.includes("after"));
       expect(payloads).toEqual(["before", "after"]);
       expect(reconnects).toBe(1);
     } finally {

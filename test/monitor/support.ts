@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { expect } from "vitest";
+export { waitFor } from "../support/wait.js";
 import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
 import { openDatabase, openMemoryDatabase, type Database } from "../../services/kit/db/database.js";
 import { OrcaServer, registration } from "../../services/kit/server/server.js";
@@ -122,21 +123,6 @@ export async function startSlowHttpTarget() {
   };
 }
 
-/** Polls until `check` returns a value (not undefined/false), or fails after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${String(last)})` : ""}`);
-}
 
 export async function expectCode(promise: Promise<unknown>, code: Code, field?: string): Promise<void> {
   try {

@@ -22,6 +22,7 @@ import {
   type Serialization,
 } from "@connectrpc/connect/protocol";
 import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { invokeNext } from "../interceptors.js";
 import { encodeGrpcMessage } from "./grpc-message.js";
 import { HeaderMap } from "./header-map.js";
 
@@ -313,13 +314,7 @@ class UnaryCall {
       [kCall]: this,
     };
     Object.defineProperty(req, "signal", REQUEST_SIGNAL);
-    let pending: Promise<UnaryResponse>;
-    try {
-      pending = next(req as unknown as UnaryRequest);
-    } catch (error) {
-      pending = Promise.reject(error);
-    }
-    pending.then(
+    invokeNext(next, req as unknown as UnaryRequest).then(
       (res) => this.succeed(res),
       (error: unknown) => this.fail(error),
     );
