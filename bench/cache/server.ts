@@ -3,7 +3,6 @@ import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { pino } from "pino";
 import { CacheService } from "../../gen/orca/cache/v1/cache_pb.js";
 import { createCacheModule, type TieredCache } from "../../services/cache/index.js";
 import { MeshClients } from "../../services/kit/clients/mesh-clients.js";
@@ -57,7 +56,7 @@ const module = createCacheModule({ env: { ORCA_CACHE_REDIS_PREFIX: prefix, ORCA_
 await migrate(database.db, module);
 const metrics = createServiceMetrics("cache", { processMetrics: false });
 const logFile = join(tmpdir(), `orca-bench-cache-${process.pid}.log`);
-const logger = createLogger({ level: "info", service: "cache", destination: pino.destination(logFile) });
+const logger = createLogger({ level: "info", service: "cache", destination: logFile });
 const config = readConfig({});
 const instance = await module.create({ config, logger, database, redis, clients: new MeshClients({} as never), metricsRegistry: metrics.registry });
 const cache = (instance as unknown as { cache: TieredCache }).cache;

@@ -6,7 +6,6 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { pino } from "pino";
 import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
 import { createGrpcFastPath } from "../../services/kit/server/grpc-fast-path.js";
 import { OrcaServer, registration } from "../../services/kit/server/server.js";
@@ -92,7 +91,7 @@ async function startGrpcJs(): Promise<{ port: number; close: () => Promise<void>
 async function startKit(fastPath: boolean): Promise<{ port: number; close: () => Promise<void> }> {
   const tracing = startTracing({ serviceName: "orca-bench" });
   logFile = join(tmpdir(), `orca-bench-${kind}-${process.pid}.log`);
-  const logger = createLogger({ level: "info", service: "bench", destination: pino.destination(logFile) });
+  const logger = createLogger({ level: "info", service: "bench", destination: logFile });
   const server = new OrcaServer({
     name: "bench",
     host: "127.0.0.1",

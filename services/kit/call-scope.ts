@@ -15,7 +15,36 @@ export interface CallInfo {
 
 export const callInfoKey = createContextKey<CallInfo | undefined>(undefined, { description: "orca call info" });
 
-export const callScope = new AsyncLocalStorage<CallInfo>();
+const storage = new AsyncLocalStorage<CallInfo>();
+let scopeRead = false;
+
+/**
+ * The served call's CallInfo across its awaits, for outgoing calls to pass on.
+ *
+ * It is entered only once something in this process reads it, that is once an outgoing client
+ * with propagation exists (`readCallScope()`). The first AsyncLocalStorage.run() turns on
+ * async_hooks for the life of the process, and from then on every promise and every native
+ * async resource (each socket write) pays a hook: a few microseconds per call. A service that
+ * calls no other service (Lock, Cache, Policy under `orca serve`) has no reader and never pays.
+ */
+export const callScope = {
+  run: runInScope,
+  getStore(): CallInfo | undefined {
+    return storage.getStore();
+  },
+};
+
+// fn's arguments are passed through (no closure per call on the hot path).
+function runInScope<R>(info: CallInfo, fn: () => R): R;
+function runInScope<A, B, R>(info: CallInfo, fn: (a: A, b: B) => R, a: A, b: B): R;
+function runInScope<A, B, R>(info: CallInfo, fn: (a?: A, b?: B) => R, a?: A, b?: B): R {
+  return scopeRead ? storage.run(info, fn, a, b) : fn(a, b);
+}
+
+/** Declares that this process reads the call scope (outgoing propagation): calls enter it from now on. */
+export function readCallScope(): void {
+  scopeRead = true;
+}
 
 const REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/;
 const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/;

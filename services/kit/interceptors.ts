@@ -1,21 +1,17 @@
-import type { DescMethod, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ContextValues, type Interceptor, type StreamRequest, type StreamResponse, type UnaryRequest, type UnaryResponse } from "@connectrpc/connect";
-import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, type Context, type Span, type SpanOptions } from "@opentelemetry/api";
-import { callInfoKey, callScope, correlationIdFrom, type CallInfo } from "./call-scope.js";
-import { toConnectError } from "./errors.js";
-import { scalarLineLogger, type Logger } from "./telemetry/logger.js";
-import type { MethodMetrics, ServiceMetrics } from "./telemetry/metrics.js";
+import { Code, ConnectError, type Interceptor, type StreamRequest, type StreamResponse, type UnaryRequest, type UnaryResponse } from "@connectrpc/connect";
+import { mapError, type CallTelemetry } from "./call-telemetry.js";
+import type { Logger } from "./telemetry/logger.js";
 
 /**
- * The kit's server interceptors. They are plain Connect interceptors, so the same chain runs on
- * connect-node's path (gRPC-Web, Connect, streams) and on the kit's unary gRPC fast path.
- * Order (outermost first): context (correlation id, trace span, async scope) -> observe (one log
- * line, metrics) -> [auth, added by the security issue] -> errors (domain error -> Connect code).
+ * The kit's server interceptors, plain Connect interceptors for connect-node's path (gRPC-Web,
+ * Connect, streams). Order (outermost first): call (CallTelemetry: correlation id, span, async
+ * scope, log line, metrics) -> [auth, rate limits, added by the security issue] -> stream
+ * limit -> request guard -> errors (domain error -> Connect code). The unary gRPC fast path runs
+ * the same steps without the interceptor frames (see server/grpc-fast-path.ts).
  *
- * They are written with promise.then() rather than async/await. The context interceptor enters
- * AsyncLocalStorage, and once that is in use Node 20 runs async_hooks for every promise: an
- * async function plus its await make two or three hooked promises, a then() one. Over the
- * interceptor chain that was the largest single cost of a call on the fast path.
+ * They are written with promise.then() rather than async/await: while AsyncLocalStorage is in
+ * use Node 20 runs async_hooks for every promise, and an async function plus its await make two
+ * or three hooked promises, a then() one.
  */
 
 type AnyResponse = UnaryResponse | StreamResponse;
@@ -52,16 +48,6 @@ export function checkRequestMessages(req: UnaryRequest | StreamRequest, check: (
 type NextFn = Parameters<Interceptor>[0];
 type AnyRequest = Parameters<NextFn>[0];
 
-/** gRPC code names as go-grpc-prometheus writes them ("OK", "InvalidArgument", ...). */
-export function codeName(code: Code | 0): string {
-  return code === 0 ? "OK" : (Code[code] ?? "Unknown");
-}
-
-const headerGetter = {
-  keys: (carrier: Headers) => [...carrier.keys()],
-  get: (carrier: Headers, key: string) => carrier.get(key) ?? undefined,
-};
-
 /**
  * Runs `pull` for each element of a response stream inside the call's async scope, and reports
  * the end (undefined) or the error. Streams are iterated by the transport after the interceptor
@@ -94,132 +80,30 @@ function withStream(res: AnyResponse, enter: <R>(fn: () => R) => R, onEnd: (erro
   return { ...res, message: scopedStream(res.message, enter, onEnd) };
 }
 
-/** Correlation id, server span and async scope for the whole call. */
-export function contextInterceptor(serviceName: string): Interceptor {
-  const tracer = trace.getTracer("orca-kit");
-  // Span name and the method's constant attributes, made once per method (the SDK copies them).
-  const spanStarts = new WeakMap<DescMethod, { name: string; options: SpanOptions }>();
+/**
+ * The kit's own work around every call (CallTelemetry): correlation id, span, async scope, log
+ * line, metrics, and the final error mapping. Outermost, so that it sees every outcome,
+ * including errors thrown by the interceptors inside it (auth, rate limits).
+ */
+export function callInterceptor(calls: CallTelemetry): Interceptor {
   return (next) => (req) => {
-    const correlationId = correlationIdFrom(req.header.get("x-request-id"), req.header.get("traceparent"));
-    const info: CallInfo = { correlationId };
-    req.contextValues.set(callInfoKey, info);
-    const active = otelContext.active();
-    const parent = propagation.extract(active, req.header, headerGetter);
-    let start = spanStarts.get(req.method);
-    if (start === undefined) {
-      start = {
-        name: `${req.service.typeName}/${req.method.name}`,
-        options: {
-          kind: SpanKind.SERVER,
-          attributes: {
-            "rpc.system": "grpc",
-            "rpc.service": req.service.typeName,
-            "rpc.method": req.method.name,
-            "orca.service": serviceName,
-          },
-        },
-      };
-      spanStarts.set(req.method, start);
-    }
-    const span = tracer.startSpan(start.name, start.options, parent);
-    span.setAttribute("orca.correlation_id", correlationId);
-    // A span that records nothing (no SDK exporter), with no trace or baggage from the caller,
-    // gives code inside the call nothing to read or pass on: then OTel's context is not entered,
-    // which saves an AsyncLocalStorage (OTel's own) per call. The call scope is entered always.
-    const spanContext: Context | undefined = span.isRecording() || parent !== active ? trace.setSpan(parent, span) : undefined;
-    // run() and with() pass the arguments through, so entering the scope needs no closure.
-    return callScope.run(info, runInContext, spanContext, next, req).then(
+    const record = calls.begin(req);
+    return calls.run(record, invokeNext<AnyRequest, AnyResponse>, next, req).then(
       (res) => {
-        res.header.set("x-request-id", correlationId);
+        calls.answered(record, res.header);
         if (!res.stream) {
-          endSpan(span, undefined);
+          calls.finish(record, undefined);
           return res;
         }
-        const enter = <R>(fn: () => R): R => callScope.run(info, () => (spanContext ? otelContext.with(spanContext, fn) : fn()));
-        return withStream(res, enter, (error) => endSpan(span, error));
+        return withStream(res, calls.enter(record), (error) => calls.finish(record, error));
       },
       (error: unknown) => {
-        endSpan(span, error);
-        if (error instanceof ConnectError) error.metadata.set("x-request-id", correlationId);
-        throw error;
+        const mapped = calls.failed(req, record, error);
+        calls.finish(record, mapped);
+        throw mapped;
       },
     );
   };
-}
-
-function runInContext<T>(spanContext: Context | undefined, next: (req: T) => Promise<AnyResponse>, req: T): Promise<AnyResponse> {
-  return spanContext ? otelContext.with(spanContext, invokeNext<T, AnyResponse>, undefined, next, req) : invokeNext(next, req);
-}
-
-function endSpan(span: Span, error: unknown): void {
-  const code = error === undefined ? 0 : ConnectError.from(error).code;
-  span.setAttribute("rpc.grpc.status_code", code);
-  if (code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(code) });
-  span.end();
-}
-
-/** One log line and the grpc_server_* metrics per call. Never logs payloads or headers. */
-export function observeInterceptor(deps: { logger: Logger; metrics: ServiceMetrics }): Interceptor {
-  const { metrics } = deps;
-  // The rpc line holds only the scalar fields below, so it skips pino's redaction (see scalarLineLogger).
-  const rpcLog = scalarLineLogger(deps.logger);
-  // Label objects, metric handles and the method name, made once per method instead of per call.
-  const byMethod = new WeakMap<DescMethod, ObservedMethod>();
-  const observed = (req: { service: DescService; method: DescMethod }): ObservedMethod => {
-    let entry = byMethod.get(req.method);
-    if (entry === undefined) {
-      entry = {
-        name: `${req.service.typeName}/${req.method.name}`,
-        metrics: metrics.method(req.method.methodKind, req.service.typeName, req.method.name),
-        log: rpcLog,
-        logByCode: new Map(),
-      };
-      byMethod.set(req.method, entry);
-    }
-    return entry;
-  };
-  return (next) => (req) => {
-    const method = observed(req);
-    method.metrics.started();
-    const startedAt = performance.now();
-    return invokeNext(next, req).then(
-      (res) => {
-        if (!res.stream) {
-          finishCall(method, req.contextValues, startedAt, undefined);
-          return res;
-        }
-        return withStream(res, (fn) => fn(), (error) => finishCall(method, req.contextValues, startedAt, error));
-      },
-      (error: unknown) => {
-        finishCall(method, req.contextValues, startedAt, error);
-        throw error;
-      },
-    );
-  };
-}
-
-interface ObservedMethod {
-  /** "package.Service/Method", as logged. */
-  name: string;
-  metrics: MethodMetrics;
-  log: Logger;
-  /**
-   * Child loggers with `method` and `code` bound: pino serializes bindings once, so each line
-   * only formats its duration and correlation id. The line reads the same.
-   */
-  logByCode: Map<Code | 0, Logger>;
-}
-
-function finishCall(method: ObservedMethod, values: ContextValues, startedAt: number, error: unknown): void {
-  const seconds = (performance.now() - startedAt) / 1000;
-  const code = error === undefined ? 0 : ConnectError.from(error).code;
-  const name = codeName(code);
-  method.metrics.handled(name, seconds);
-  let log = method.logByCode.get(code);
-  if (log === undefined) method.logByCode.set(code, (log = method.log.child({ method: method.name, code: name })));
-  const line = { durationMs: Math.round(seconds * 1e6) / 1e3, correlationId: values.get(callInfoKey)?.correlationId };
-  if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) log.error(line, "rpc");
-  else log.info(line, "rpc");
 }
 
 /** Domain errors become their Connect codes; unexpected errors become Internal, logged here. */
@@ -286,13 +170,4 @@ async function limitStream(next: NextFn, req: AnyRequest, maxMs: number): Promis
       }
     })(),
   };
-}
-
-function mapError(logger: Logger, req: { service: DescService; method: DescMethod; contextValues: ContextValues }, error: unknown): ConnectError {
-  const correlationId = req.contextValues.get(callInfoKey)?.correlationId ?? "unknown";
-  const mapped = toConnectError(error, correlationId);
-  if (mapped.unexpected) {
-    logger.error({ err: error, method: `${req.service.typeName}/${req.method.name}`, correlationId }, "unexpected error in handler");
-  }
-  return mapped.error;
 }

@@ -82,14 +82,16 @@ function checkField(field: DescField, value: unknown, path: string, depth: numbe
   }
 }
 
+/** Throws InvalidArgument naming the field when `message` holds a value no handler can store. */
+export function guardRequestMessage(schema: DescMessage, message: unknown): void {
+  const problem = findProblem(schema, message as Record<string, unknown>, "", 0);
+  if (problem) throw new ConnectError(problem, Code.InvalidArgument);
+}
+
 export function requestGuardInterceptor(): Interceptor {
-  const check = (schema: DescMessage, message: unknown) => {
-    const problem = findProblem(schema, message as Record<string, unknown>, "", 0);
-    if (problem) throw new ConnectError(problem, Code.InvalidArgument);
-  };
   // Not async: an async frame per call is costly once AsyncLocalStorage is in use (see interceptors.ts).
   return (next) => {
-    const guarded: typeof next = (req) => next(checkRequestMessages(req, (message) => check(req.method.input, message)));
+    const guarded: typeof next = (req) => next(checkRequestMessages(req, (message) => guardRequestMessage(req.method.input, message)));
     return (req) => invokeNext(guarded, req);
   };
 }

@@ -4,7 +4,7 @@ import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
-import { callScope } from "../../services/kit/call-scope.js";
+import { callScope, readCallScope } from "../../services/kit/call-scope.js";
 import { startTracing, type TracingHandle } from "../../services/kit/telemetry/tracing.js";
 import { fetchText, metricValue, startEchoServer, type EchoServerHandle } from "./helpers.js";
 
@@ -34,6 +34,8 @@ const probe: Interceptor = (next) => async (req) => {
 };
 
 beforeAll(async () => {
+  // The probe reads the call scope, as an outgoing client's propagation does.
+  readCallScope();
   exporter = new InMemorySpanExporter();
   tracing = startTracing({ serviceName: "echo-test", exporter });
   echo = await startEchoServer({ interceptors: [probe] });

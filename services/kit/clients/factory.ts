@@ -14,7 +14,7 @@ import {
   type CircuitBreakerPolicy,
   type RetryPolicy,
 } from "cockatiel";
-import { callScope } from "../call-scope.js";
+import { callScope, readCallScope } from "../call-scope.js";
 
 /**
  * Typed clients for the mesh's services, as the services themselves use them and as users'
@@ -50,6 +50,7 @@ function codeOf(error: unknown): Code | undefined {
 
 /** Propagates the served call's correlation id and trace context to outgoing calls. */
 export function propagationInterceptor(): Interceptor {
+  readCallScope();
   return (next) => (req) => {
     const info = callScope.getStore();
     if (info && !req.header.has("x-request-id")) req.header.set("x-request-id", info.correlationId);

@@ -22,6 +22,7 @@ import {
   type Serialization,
 } from "@connectrpc/connect/protocol";
 import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { CallRecord, CallTelemetry } from "../call-telemetry.js";
 import { invokeNext } from "../interceptors.js";
 import { encodeGrpcMessage } from "./grpc-message.js";
 import { HeaderMap } from "./header-map.js";
@@ -58,7 +59,14 @@ import { HeaderMap } from "./header-map.js";
 
 export interface FastPathOptions {
   services: { service: DescService; impl: Partial<ServiceImpl<DescService>> }[];
+  /** The kit's steps around every call (correlation id, span, scope, log, metrics, error mapping). */
+  telemetry?: CallTelemetry;
+  /** Interceptors run inside the telemetry steps, outermost first (auth, rate limits). */
   interceptors: Interceptor[];
+  /** Checks the request message before the handler sees it; throws to fail the call (request guard). */
+  checkRequest?: (schema: DescMessage, message: unknown) => void;
+  /** Called when the stream of a call this path took has closed, whatever the outcome. */
+  onStreamClosed?: () => void;
   acceptCompression: Compression[];
   readMaxBytes: number;
   writeMaxBytes: number;
@@ -142,15 +150,29 @@ function onEnd(this: CallStream): void {
   this[kCall]?.onEnd();
 }
 function onClose(this: CallStream): void {
-  this[kCall]?.onClose();
+  const call = this[kCall];
+  this[kCall] = undefined;
+  call?.onClose();
 }
 function onError(): void {
   // 'close' follows and cancels the call; the listener only keeps the error from being thrown.
 }
 function onWantTrailers(this: CallStream): void {
   const call = this[kCall];
-  this[kCall] = undefined;
   if (call && !this.destroyed) this.sendTrailers(call.responseTrailer.toNode({}));
+}
+
+/**
+ * The innermost step of every call's chain: one shared function that finds the call on the
+ * request (interceptors that copy the request copy its symbol keys too), instead of a closure
+ * per call. Not an async function: see interceptors.ts on promises and async_hooks.
+ */
+function invokeHandler(req: UnaryRequest): Promise<UnaryResponse> {
+  try {
+    return (req as unknown as { [kCall]: UnaryCall })[kCall].handle(req);
+  } catch (error) {
+    return Promise.reject(error);
+  }
 }
 
 /** One unary call: collects the request, runs the interceptors and the handler, responds. */
@@ -252,7 +274,7 @@ class UnaryCall {
   onClose(): void {
     // The stream closed before we answered: the client cancelled or the connection went away.
     if (!this.ended) this.end(CANCELLED_BY_CLIENT);
-    this.stream[kCall] = undefined;
+    this.options.onStreamClosed?.();
   }
 
   private async decompress(data: Uint8Array): Promise<Uint8Array> {
@@ -261,47 +283,9 @@ class UnaryCall {
     return compression.decompress(data, this.options.readMaxBytes);
   }
 
-  /** Runs the interceptor chain around the handler, then responds. */
+  /** Runs the kit's steps and the interceptors around the handler, then responds. */
   private invoke(input: unknown): void {
-    const call = this;
-    const { method, service, impl } = this.route;
-    // Not an async function: see interceptors.ts on promises and async_hooks.
-    const innermost: UnaryFn = (req) => {
-      // What connect's invokeUnaryImplementation hands the handler (its mergeRequest).
-      const context = {
-        method,
-        service: req.service,
-        requestMethod: req.requestMethod,
-        protocolName: "grpc",
-        url: req.url,
-        timeoutMs: () => (call.deadline === undefined ? undefined : call.deadline - Date.now()),
-        requestHeader: req.header,
-        responseHeader: call.responseHeader,
-        responseTrailer: call.responseTrailer,
-        values: req.contextValues,
-        [kRequest]: req,
-      };
-      Object.defineProperty(context, "signal", CONTEXT_SIGNAL);
-      const respond = (output: unknown): UnaryResponse => ({
-        stream: false,
-        method,
-        service,
-        message: create(method.output, output as never), // returns messages as they are
-        header: call.responseHeader,
-        trailer: call.responseTrailer,
-      });
-      try {
-        const output = impl(req.message, context as unknown as HandlerContext);
-        if (typeof (output as PromiseLike<unknown> | undefined)?.then === "function") return Promise.resolve(output).then(respond);
-        return Promise.resolve(respond(output));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    };
-    // Built per call like connect does; the interceptor factories only allocate a closure each.
-    let next = innermost;
-    const interceptors = this.options.interceptors;
-    for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i](next as never) as UnaryFn;
+    const { method, service } = this.route;
     const req = {
       stream: false,
       message: input as never,
@@ -314,10 +298,69 @@ class UnaryCall {
       [kCall]: this,
     };
     Object.defineProperty(req, "signal", REQUEST_SIGNAL);
-    invokeNext(next, req as unknown as UnaryRequest).then(
-      (res) => this.succeed(res),
-      (error: unknown) => this.fail(error),
+    const request = req as unknown as UnaryRequest;
+    // Built per call like connect does; the interceptor factories only allocate a closure each.
+    let next: UnaryFn = invokeHandler;
+    const interceptors = this.options.interceptors;
+    for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i](next as never) as UnaryFn;
+    const telemetry = this.options.telemetry;
+    if (telemetry === undefined) {
+      invokeNext(next, request).then(
+        (res) => this.succeed(res),
+        (error: unknown) => this.fail(error),
+      );
+      return;
+    }
+    let record: CallRecord;
+    try {
+      record = telemetry.begin(request);
+    } catch (error) {
+      return this.fail(error);
+    }
+    telemetry.run(record, invokeNext<UnaryRequest, UnaryResponse>, next, request).then(
+      (res) => {
+        telemetry.answered(record, res.header);
+        telemetry.finish(record, undefined);
+        this.succeed(res);
+      },
+      (error: unknown) => {
+        const mapped = telemetry.failed(request, record, error);
+        telemetry.finish(record, mapped);
+        this.fail(mapped);
+      },
     );
+  }
+
+  /** The handler, called with what connect's invokeUnaryImplementation hands it (its mergeRequest). */
+  handle(req: UnaryRequest): Promise<UnaryResponse> {
+    const { method, service, impl } = this.route;
+    this.options.checkRequest?.(method.input, req.message);
+    const call = this;
+    const context = {
+      method,
+      service: req.service,
+      requestMethod: req.requestMethod,
+      protocolName: "grpc",
+      url: req.url,
+      timeoutMs: () => (call.deadline === undefined ? undefined : call.deadline - Date.now()),
+      requestHeader: req.header,
+      responseHeader: this.responseHeader,
+      responseTrailer: this.responseTrailer,
+      values: req.contextValues,
+      [kRequest]: req,
+    };
+    Object.defineProperty(context, "signal", CONTEXT_SIGNAL);
+    const respond = (output: unknown): UnaryResponse => ({
+      stream: false,
+      method,
+      service,
+      message: create(method.output, output as never), // returns messages as they are
+      header: call.responseHeader,
+      trailer: call.responseTrailer,
+    });
+    const output = impl(req.message, context as unknown as HandlerContext);
+    if (typeof (output as PromiseLike<unknown> | undefined)?.then === "function") return Promise.resolve(output).then(respond);
+    return Promise.resolve(respond(output));
   }
 
   private succeed(res: UnaryResponse): void {

@@ -10,8 +10,9 @@ import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
 import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health } from "../../../gen/health/v1/health_pb.js";
 import type { TlsConfig } from "../config.js";
-import { contextInterceptor, errorInterceptor, observeInterceptor, streamLimitInterceptor } from "../interceptors.js";
-import { requestGuardInterceptor } from "../request-guard.js";
+import { CallTelemetry } from "../call-telemetry.js";
+import { callInterceptor, errorInterceptor, streamLimitInterceptor } from "../interceptors.js";
+import { guardRequestMessage, requestGuardInterceptor } from "../request-guard.js";
 import type { Logger } from "../telemetry/logger.js";
 import { createServiceMetrics, type ServiceMetrics } from "../telemetry/metrics.js";
 import { PEER_ADDRESS_HEADER, PEER_SAN_HEADER } from "../auth/interceptor.js";
@@ -104,9 +105,9 @@ export class OrcaServer {
     }
     for (const name of serviceNames) this.health.set(name, ServingStatus.NOT_SERVING);
 
+    const telemetry = new CallTelemetry({ serviceName: options.name, logger: options.logger, metrics: this.metrics });
     const interceptors = [
-      contextInterceptor(options.name),
-      observeInterceptor({ logger: options.logger, metrics: this.metrics }),
+      callInterceptor(telemetry),
       ...(options.interceptors ?? []),
       streamLimitInterceptor((options.maxStreamSeconds ?? 3600) * 1000),
       requestGuardInterceptor(),
@@ -127,7 +128,12 @@ export class OrcaServer {
     const fastPath = options.fastPath
       ? createGrpcFastPath({
           services: all,
-          interceptors,
+          // The same steps as `interceptors` without their frames: the stream limit concerns no
+          // unary call, and error mapping is the telemetry's last step.
+          telemetry,
+          interceptors: options.interceptors ?? [],
+          checkRequest: guardRequestMessage,
+          onStreamClosed: this.onCallClosed,
           acceptCompression,
           readMaxBytes: options.maxMessageBytes,
           writeMaxBytes: options.maxMessageBytes,
@@ -141,12 +147,11 @@ export class OrcaServer {
     const onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
       if (this.draining) return refuseStream(stream);
       setPeerHeaders(headers, stream.session);
+      // Unary calls are counted in flight until their stream closes (for the drain on shutdown).
       const counted = !this.streamingPaths.has(headers[":path"] ?? "");
-      if (counted) {
-        this.inFlight++;
-        stream.on("close", this.onCallClosed); // 'close' comes once; a shared listener, not a closure per call
-      }
-      if (fastPath?.(stream, headers)) return;
+      if (counted) this.inFlight++;
+      if (fastPath?.(stream, headers)) return; // it reports the close itself (onStreamClosed)
+      if (counted) stream.on("close", this.onCallClosed); // 'close' comes once; a shared listener, not a closure per call
       // Everything else goes through Node's compatibility layer to connect-node, as
       // http2.createServer(handler) would do; gRPC (not gRPC-Web) gets the spec's grpc-message.
       if (isGrpcContentType(headers["content-type"])) specGrpcMessages(stream);
