@@ -57,13 +57,21 @@ export function startServerChild(kind: ServerKind, options: ServerChildOptions =
         process: child,
         port: message.port,
         cpu: () =>
-          new Promise((resolveCpu) => {
+          new Promise((resolveCpu, rejectCpu) => {
+            // A server that died mid-benchmark fails the run instead of leaving it waiting.
+            const onExit = (code: number | null, signal: string | null) => {
+              child.off("message", onMessage);
+              rejectCpu(new Error(`${kind}: the server exited (${signal ?? `code ${code}`}) during the benchmark`));
+            };
             const onMessage = (reply: ChildMessage) => {
               if (reply.type !== "cpu") return;
               child.off("message", onMessage);
+              child.off("exit", onExit);
               resolveCpu({ usage: reply.usage, mainThreadUs: reply.mainThreadUs, logBytes: reply.logBytes });
             };
             child.on("message", onMessage);
+            child.once("exit", onExit);
+            if (child.exitCode !== null || child.signalCode !== null) return onExit(child.exitCode, child.signalCode);
             child.send({ type: "cpu" });
           }),
         stop: async () => {

@@ -27,6 +27,22 @@ describe("logger", () => {
     expect(lines.every((l) => l.service === "t" && l.msg === "line" && l.text === "µ-ü-✓")).toBe(true);
   });
 
+  it("writes lines longer than its encoding chunk whole, between short ones", async () => {
+    const file = join(mkdtempSync(join(tmpdir(), "orca-log-")), "out.log");
+    const logger = createLogger({ level: "info", destination: file });
+    const long = "ü".repeat(100_000); // 200 KB of UTF-8, more than one 64 KiB chunk
+    logger.info({ seq: 0 }, "short");
+    logger.info({ seq: 1, long }, "long");
+    logger.info({ seq: 2 }, "short");
+    await nextTurn();
+    logger.info({ seq: 3, long }, "long");
+    await waitFor("4 lines in the file", () => jsonLines(readFileSync(file, "utf8")).length === 4);
+    const lines = jsonLines(readFileSync(file, "utf8"));
+    expect(lines.map((l) => l.seq)).toEqual([0, 1, 2, 3]);
+    expect(lines[1].long).toBe(long);
+    expect(lines[3].long).toBe(long);
+  });
+
   it("still redacts credentials in lines written to a file", async () => {
     const file = join(mkdtempSync(join(tmpdir(), "orca-log-")), "out.log");
     const logger = createLogger({ level: "info", destination: file });

@@ -93,8 +93,21 @@ const batchers = new WeakMap<SonicBoomLike, LineBatcher>();
 const pendingBatchers = new Set<LineBatcher>();
 let exitHookInstalled = false;
 
+/** Bytes a batcher encodes lines into before it hands them to sonic-boom (more for longer lines). */
+const CHUNK_BYTES = 64 * 1024;
+
 class LineBatcher implements pino.DestinationStream {
+  /** Text mode: the turn's lines. */
   private lines: string[] = [];
+  /**
+   * Bytes mode: lines are encoded as they come, while they are fresh in the cache, into a chunk
+   * whose written part is handed over at the end of the turn (sonic-boom keeps a reference until
+   * its write completes, so that part is never written again; the rest of the chunk is used for
+   * the next turns).
+   */
+  private chunk = EMPTY_CHUNK;
+  private chunkStart = 0;
+  private chunkEnd = 0;
   private scheduled = false;
 
   /** `asBytes`: the target is a sonic-boom in "buffer" content mode. */
@@ -111,7 +124,8 @@ class LineBatcher implements pino.DestinationStream {
   }
 
   write(line: string): boolean {
-    this.lines.push(line);
+    if (this.asBytes) this.encode(line);
+    else this.lines.push(line);
     if (!this.scheduled) {
       this.scheduled = true;
       pendingBatchers.add(this);
@@ -136,16 +150,41 @@ class LineBatcher implements pino.DestinationStream {
     }
   }
 
-  private readonly drain = (): void => {
-    this.scheduled = false;
-    pendingBatchers.delete(this);
-    if (this.lines.length === 0) return;
-    const chunk = this.lines.length === 1 ? this.lines[0] : this.lines.join("");
-    this.lines = [];
+  private encode(line: string): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+    if (this.chunkEnd + line.length * 3 > this.chunk.length) {
+      this.handOver();
+      this.chunk = Buffer.allocUnsafeSlow(Math.max(CHUNK_BYTES, line.length * 3));
+      this.chunkStart = this.chunkEnd = 0;
+    }
+    this.chunkEnd += this.chunk.write(line, this.chunkEnd);
+  }
+
+  /** Bytes mode: what was encoded since the last hand-over goes to sonic-boom. */
+  private handOver(): void {
+    if (this.chunkEnd === this.chunkStart) return;
+    const bytes = this.chunk.subarray(this.chunkStart, this.chunkEnd);
+    this.chunkStart = this.chunkEnd;
+    this.send(bytes);
+  }
+
+  private send(data: string | Buffer): void {
     try {
-      this.target.write(this.asBytes ? Buffer.from(chunk) : chunk);
+      this.target.write(data);
     } catch {
       // The destination was closed (shutdown); a log line must not crash the process.
     }
+  }
+
+  private readonly drain = (): void => {
+    this.scheduled = false;
+    pendingBatchers.delete(this);
+    if (this.asBytes) return this.handOver();
+    if (this.lines.length === 0) return;
+    const text = this.lines.length === 1 ? this.lines[0] : this.lines.join("");
+    this.lines = [];
+    this.send(text);
   };
 }
+
+const EMPTY_CHUNK = Buffer.alloc(0);
