@@ -8,7 +8,7 @@ import { EchoRequestSchema, EchoResponseSchema } from "../../gen/orca/testing/v1
 
 export const ECHO_PATH = "/orca.testing.v1.EchoService/Echo";
 
-export const SERVER_KINDS = ["bare", "grpc-js", "kit", "kit-slow", "kit-raw"] as const;
+export const SERVER_KINDS = ["bare", "grpc-js", "kit", "kit-slow", "kit-raw", "kit-id-in-body"] as const;
 /** What `npm run bench:rpc` runs unless BENCH_SERVERS says otherwise. */
 export const DEFAULT_SERVERS: readonly ServerKind[] = ["bare", "grpc-js", "kit", "kit-slow"];
 export type ServerKind = (typeof SERVER_KINDS)[number];
@@ -19,6 +19,7 @@ export const SERVER_LABELS: Record<ServerKind, string> = {
   kit: "kit (fast path)",
   "kit-slow": "kit (fast path off)",
   "kit-raw": "kit fast path, no interceptors",
+  "kit-id-in-body": "kit (fast path), id also in body",
 };
 
 /** Messages a server child sends to its parent over IPC. */

@@ -25,7 +25,9 @@ import { verifyServer } from "./verify.js";
  * server and round), BENCH_WARMUP_S (3, once per server), BENCH_REWARM_S (2, unmeasured load
  * before every window), BENCH_CONNECTIONS (16), BENCH_STREAMS (8),
  * BENCH_PAYLOAD_BYTES (64), BENCH_SERVERS (bare,grpc-js,kit,kit-slow; also kit-raw: the fast path
- * without interceptors on a plain http2 server, to see what the interceptors cost), BENCH_CPU_PROF
+ * without interceptors on a plain http2 server, to see what the interceptors cost; kit-id-in-body:
+ * the kit's echo also putting the correlation id in the response body, which the grpc-js echo
+ * cannot, 38 bytes more to encode and send), BENCH_CPU_PROF
  * (servers to run under node --cpu-prof, e.g. "kit"; profiles land in bench/results/profiles).
  * --smoke runs one round of 2 s per server after 1 s of warm-up.
  */

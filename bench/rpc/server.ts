@@ -11,13 +11,13 @@ import { createGrpcFastPath } from "../../services/kit/server/grpc-fast-path.js"
 import { OrcaServer, registration } from "../../services/kit/server/server.js";
 import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { startTracing } from "../../services/kit/telemetry/tracing.js";
-import { echoHandlers } from "../../services/kit/testing/echo.js";
+import { createEchoHandlers } from "../../services/kit/testing/echo.js";
 import { SERVER_KINDS, echoResponseFrame, repoRoot, type ChildMessage, type ParentMessage, type ServerKind } from "./common.js";
 
 /**
  * One benchmark server, run by run.ts in its own child process so that it gets a CPU of its own
  * instead of sharing an event loop with the load generator:
- *   node dist/bench/rpc/server.js <bare|grpc-js|kit|kit-slow>
+ *   node dist/bench/rpc/server.js <bare|grpc-js|kit|kit-slow|kit-raw|kit-id-in-body>
  * It listens on an ephemeral port on 127.0.0.1, reports it over IPC, answers "cpu" requests with
  * its process.cpuUsage(), and exits on SIGTERM (which also writes a --cpu-prof profile).
  */
@@ -97,7 +97,9 @@ async function startKit(fastPath: boolean): Promise<{ port: number; close: () =>
     host: "127.0.0.1",
     port: 0,
     adminPort: 0,
-    services: [registration(EchoService, echoHandlers)],
+    // The same echo as the grpc-js server's: the correlation id goes out in the x-request-id
+    // header only, unless the kit-id-in-body variant asks for it in the response body too.
+    services: [registration(EchoService, createEchoHandlers({ correlationIdInResponse: kind === "kit-id-in-body" }))],
     logger,
     shutdownGraceMs: 1000,
     maxMessageBytes: 4 * 1024 * 1024,
@@ -116,7 +118,7 @@ async function startKit(fastPath: boolean): Promise<{ port: number; close: () =>
 /** Diagnostic: the kit's fast path alone (no interceptors, no OrcaServer) on a plain http2 server. */
 async function startKitRaw(): Promise<{ port: number; close: () => Promise<void> }> {
   const fastPath = createGrpcFastPath({
-    services: [{ service: EchoService, impl: echoHandlers as never }],
+    services: [{ service: EchoService, impl: createEchoHandlers({ correlationIdInResponse: false }) as never }],
     interceptors: [],
     acceptCompression: [],
     readMaxBytes: 4 * 1024 * 1024,
@@ -142,7 +144,7 @@ const started = await (kind === "bare"
     ? startGrpcJs()
     : kind === "kit-raw"
       ? startKitRaw()
-      : startKit(kind === "kit"));
+      : startKit(kind !== "kit-slow"));
 const heapProfile = process.env.BENCH_HEAP_PROF_FILE ? await startHeapSampling() : undefined;
 
 /**
