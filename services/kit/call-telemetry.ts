@@ -4,6 +4,7 @@ import { SpanKind, SpanStatusCode, context as otelContext, propagation, trace, t
 import { callInfoKey, callScope, correlationIdFrom, type CallInfo } from "./call-scope.js";
 import { toConnectError } from "./errors.js";
 import { scalarLineLogger, type Logger } from "./telemetry/logger.js";
+import { RpcLine } from "./telemetry/rpc-line.js";
 import type { MethodMetrics, ServiceMetrics } from "./telemetry/metrics.js";
 
 /**
@@ -43,11 +44,8 @@ interface ObservedMethod {
   /** The span name and the method's constant attributes (the SDK copies them). */
   spanOptions: SpanOptions;
   metrics: MethodMetrics;
-  /**
-   * Child loggers with `method` and `code` bound: pino serializes bindings once, so each line
-   * only formats its duration and correlation id.
-   */
-  logByCode: Map<Code | 0, Logger>;
+  /** The rpc line per code, from a child logger with `method` and `code` bound (see RpcLine). */
+  logByCode: Map<Code | 0, RpcLine>;
 }
 
 /** gRPC code names as go-grpc-prometheus writes them ("OK", "InvalidArgument", ...). */
@@ -131,10 +129,10 @@ export class CallTelemetry {
     const method = record.method;
     method.metrics.handled(name, seconds);
     let log = method.logByCode.get(code);
-    if (log === undefined) method.logByCode.set(code, (log = this.rpcLog.child({ method: method.name, code: name })));
-    const line = { durationMs: Math.round(seconds * 1e6) / 1e3, correlationId: record.info.correlationId };
-    if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) log.error(line, "rpc");
-    else log.info(line, "rpc");
+    if (log === undefined) method.logByCode.set(code, (log = new RpcLine(this.rpcLog.child({ method: method.name, code: name }))));
+    const durationMicros = Math.round(seconds * 1e6);
+    if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) log.error(durationMicros, record.info.correlationId);
+    else log.info(durationMicros, record.info.correlationId);
   }
 
   private observed(service: DescService, descMethod: DescMethod): ObservedMethod {

@@ -90,13 +90,30 @@ function batchedDestination(destination: pino.DestinationStream | string | undef
 let stdoutBatcher: LineBatcher | undefined;
 const batchers = new WeakMap<SonicBoomLike, LineBatcher>();
 
+/**
+ * Where a caller can write a line it encodes itself (see rpc-line.ts): `room(maxBytes)` gives the
+ * chunk with at least maxBytes free from `end`; the caller writes its bytes there and calls
+ * `commit(newEnd)`. The bytes take their place among pino's lines, in order.
+ */
+export interface EncodedLineSink {
+  room(maxBytes: number): Buffer;
+  readonly end: number;
+  commit(end: number): void;
+}
+
+/** The sink behind a logger made by createLogger for stdout or a file, or undefined for other destinations. */
+export function encodedLineSink(logger: Logger): EncodedLineSink | undefined {
+  const stream = (logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym];
+  return stream instanceof LineBatcher && stream.acceptsBytes ? stream : undefined;
+}
+
 const pendingBatchers = new Set<LineBatcher>();
 let exitHookInstalled = false;
 
 /** Bytes a batcher encodes lines into before it hands them to sonic-boom (more for longer lines). */
 const CHUNK_BYTES = 64 * 1024;
 
-class LineBatcher implements pino.DestinationStream {
+class LineBatcher implements pino.DestinationStream, EncodedLineSink {
   /** Text mode: the turn's lines. */
   private lines: string[] = [];
   /**
@@ -126,12 +143,33 @@ class LineBatcher implements pino.DestinationStream {
   write(line: string): boolean {
     if (this.asBytes) this.encode(line);
     else this.lines.push(line);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      pendingBatchers.add(this);
-      setImmediate(this.drain);
-    }
+    this.schedule();
     return true;
+  }
+
+  get acceptsBytes(): boolean {
+    return this.asBytes;
+  }
+
+  room(maxBytes: number): Buffer {
+    if (this.chunkEnd + maxBytes > this.chunk.length) this.newChunk(maxBytes);
+    return this.chunk;
+  }
+
+  get end(): number {
+    return this.chunkEnd;
+  }
+
+  commit(end: number): void {
+    this.chunkEnd = end;
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    pendingBatchers.add(this);
+    setImmediate(this.drain);
   }
 
   /** pino's logger.flush(). */
@@ -152,12 +190,15 @@ class LineBatcher implements pino.DestinationStream {
 
   private encode(line: string): void {
     // UTF-8 takes at most 3 bytes per UTF-16 code unit.
-    if (this.chunkEnd + line.length * 3 > this.chunk.length) {
-      this.handOver();
-      this.chunk = Buffer.allocUnsafeSlow(Math.max(CHUNK_BYTES, line.length * 3));
-      this.chunkStart = this.chunkEnd = 0;
-    }
+    if (this.chunkEnd + line.length * 3 > this.chunk.length) this.newChunk(line.length * 3);
     this.chunkEnd += this.chunk.write(line, this.chunkEnd);
+  }
+
+  /** Hands over what the current chunk holds and starts a new one with room for `bytes`. */
+  private newChunk(bytes: number): void {
+    this.handOver();
+    this.chunk = Buffer.allocUnsafeSlow(Math.max(CHUNK_BYTES, bytes));
+    this.chunkStart = this.chunkEnd = 0;
   }
 
   /** Bytes mode: what was encoded since the last hand-over goes to sonic-boom. */
