@@ -26,6 +26,7 @@ import type { CallRecord, CallTelemetry } from "../call-telemetry.js";
 import { invokeNext } from "../interceptors.js";
 import { encodeGrpcMessage } from "./grpc-message.js";
 import { HeaderMap } from "./header-map.js";
+import { encodeInScratch } from "./scratch-encoding.js";
 
 /**
  * The kit's unary gRPC fast path.
@@ -369,10 +370,11 @@ class UnaryCall {
     try {
       copyHeaders(res.header, this.responseHeader);
       copyHeaders(res.trailer, this.responseTrailer);
-      const data = this.route.output.serialize(res.message);
+      // A view of the scratch buffer, valid until the next response is encoded: copied at once.
+      const data = encodeInScratch(this.route.output.serialize, res.message);
       const compression = this.compression.response;
       if (compression && data.byteLength >= this.options.compressMinBytes) {
-        void envelopeCompress({ flags: 0, data }, compression, this.options.compressMinBytes).then(
+        void envelopeCompress({ flags: 0, data: data.slice() }, compression, this.options.compressMinBytes).then(
           (envelope) => this.respond(encodeEnvelope(envelope.flags, envelope.data), undefined),
           (error: unknown) => this.fail(error),
         );
