@@ -59,6 +59,7 @@ export function clusterEnvironment(): Record<string, string> {
     ORCA_MAX_MESSAGE_BYTES: "4194304",
     ORCA_CLIENT_TIMEOUT_MS: "5000",
     ORCA_GRPC_FAST_PATH: "1",
+    ORCA_CLIENT_FAST_PATH: "1",
     ORCA_TLS_CERT_FILE: "",
     ORCA_TLS_KEY_FILE: "",
     ORCA_TLS_CLIENT_CA_FILE: "",

@@ -40,7 +40,7 @@ export async function startMesh(options: {
   const redis: Redis | undefined = config.redisUrl ? openRedis(config.redisUrl, logger) : undefined;
   const urls = Object.fromEntries(SERVICE_NAMES.map((name) => [name, config.services[name].url])) as Record<ServiceName, string>;
   const tls = config.tls ? { caFile: config.tls.clientCaFile, certFile: config.tls.certFile, keyFile: config.tls.keyFile } : undefined;
-  const clients = new MeshClients(urls, { defaultTimeoutMs: config.clientTimeoutMs, tls });
+  const clients = new MeshClients(urls, { defaultTimeoutMs: config.clientTimeoutMs, tls, fastPath: config.clientFastPath });
   const security = await createSecurityInterceptors({ config, logger, redis, defaultMode: options.defaultAuthMode });
 
   const servers: Partial<Record<ServiceName, OrcaServer>> = {};

@@ -64,6 +64,8 @@ export interface OrcaConfig {
   clientTimeoutMs: number;
   /** Serve unary gRPC calls on the kit's fast path (ORCA_GRPC_FAST_PATH=0 turns it off). */
   grpcFastPath: boolean;
+  /** Make unary gRPC calls to other services on the kit's client path (ORCA_CLIENT_FAST_PATH=0 turns it off). */
+  clientFastPath: boolean;
   otlpEndpoint?: string;
   auth: AuthConfig;
   /** Server streams end with Unavailable after this long; clients resume (WatchRun from a sequence). */
@@ -205,6 +207,7 @@ export function readConfig(env: Env = process.env): OrcaConfig {
     maxMessageBytes: envInteger(env, "ORCA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
     clientTimeoutMs: envInteger(env, "ORCA_CLIENT_TIMEOUT_MS", 5_000, 1, 3_600_000),
     grpcFastPath: envBool(env, "ORCA_GRPC_FAST_PATH", true),
+    clientFastPath: envBool(env, "ORCA_CLIENT_FAST_PATH", true),
     otlpEndpoint: envUrl(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http", "https"]),
   };
 }

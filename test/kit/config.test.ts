@@ -34,6 +34,7 @@ describe("readConfig", () => {
     expect(config.maxMessageBytes).toBe(4 * 1024 * 1024);
     expect(config.clientTimeoutMs).toBe(5_000);
     expect(config.grpcFastPath).toBe(true);
+    expect(config.clientFastPath).toBe(true);
     expect(config.otlpEndpoint).toBeUndefined();
   });
 
@@ -57,6 +58,7 @@ describe("readConfig", () => {
       ORCA_TLS_CLIENT_CA_FILE: "/certs/ca.crt",
       ORCA_TLS_ALLOWED_SANS: "spiffe://cluster.local/ns/orca/sa/scheduler, monitor.orca.svc",
       ORCA_GRPC_FAST_PATH: "off",
+      ORCA_CLIENT_FAST_PATH: "0",
       OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel:4318",
     });
     expect(config.host).toBe("0.0.0.0");
@@ -71,6 +73,7 @@ describe("readConfig", () => {
       allowedSans: ["spiffe://cluster.local/ns/orca/sa/scheduler", "monitor.orca.svc"],
     });
     expect(config.grpcFastPath).toBe(false);
+    expect(config.clientFastPath).toBe(false);
     expect(config.otlpEndpoint).toBe("http://otel:4318");
   });
 

@@ -6,12 +6,11 @@
 import * as http2 from "node:http2";
 import { createRequire, syncBuiltinESMExports } from "node:module";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EchoRequestSchema, EchoService, type EchoRequest } from "../../gen/orca/testing/v1/echo_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import { fetchText, metricValue, startEchoServer, type EchoServerHandle } from "./helpers.js";
+import { fetchText, metricValue, observeEcho as observe, startEchoServer, type EchoServerHandle } from "./helpers.js";
 
 // Counts the requests that go through Node's http2 compatibility layer, i.e. connect-node's
 // path (server.ts builds an Http2ServerRequest for every stream the fast path does not take).
@@ -51,36 +50,6 @@ afterAll(async () => {
   http2cjs.Http2ServerRequest = OriginalRequest;
   syncBuiltinESMExports();
 });
-
-/** Header values that differ per call are replaced by their shape. */
-function normalize(headers: Headers | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  headers?.forEach((value, key) => {
-    if (key === "date") return;
-    out[key] = key === "x-request-id" && UUID.test(value) ? "<uuid>" : value;
-  });
-  return out;
-}
-
-/** One call through the generated client, reduced to what a caller can observe. */
-async function observe(transport: Transport, request: MessageInitShape<typeof EchoRequestSchema>, options: { headers?: Record<string, string>; timeoutMs?: number } = {}) {
-  let header: Headers | undefined;
-  let trailer: Headers | undefined;
-  const client = createClient(EchoService, transport);
-  try {
-    const res = await client.echo(request, { ...options, onHeader: (h) => (header = h), onTrailer: (t) => (trailer = t) });
-    return {
-      ok: true,
-      payload: Buffer.from(res.payload).toString("base64"),
-      correlationId: UUID.test(res.correlationId) ? "<uuid>" : res.correlationId,
-      header: normalize(header),
-      trailer: normalize(trailer),
-    };
-  } catch (e) {
-    const error = ConnectError.from(e);
-    return { ok: false, code: Code[error.code], message: error.rawMessage, metadata: normalize(error.metadata) };
-  }
-}
 
 async function both<T>(run: (mode: Mode) => Promise<T>): Promise<Record<Mode, T>> {
   return { fast: await run("fast"), slow: await run("slow") };

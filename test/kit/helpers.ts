@@ -1,5 +1,7 @@
 import { Writable } from "node:stream";
-import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { EchoService, type EchoRequestSchema } from "../../gen/orca/testing/v1/echo_pb.js";
 import { OrcaServer, registration, type Endpoints, type OrcaServerOptions } from "../../services/kit/server/server.js";
 import { createLogger, type Logger } from "../../services/kit/telemetry/logger.js";
 import { createServiceMetrics } from "../../services/kit/telemetry/metrics.js";
@@ -78,3 +80,38 @@ export function metricValue(text: string, name: string, labels: Record<string, s
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const UUID_SHAPE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/** Headers as a caller sees them, with values that differ per call (date, generated ids) replaced by their shape. */
+export function normalizeHeaders(headers: Headers | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  headers?.forEach((value, key) => {
+    if (key === "date") return;
+    out[key] = key === "x-request-id" && UUID_SHAPE.test(value) ? "<uuid>" : value;
+  });
+  return out;
+}
+
+/** One Echo call through the generated client, reduced to what a caller can observe. */
+export async function observeEcho(
+  transport: Transport,
+  request: MessageInitShape<typeof EchoRequestSchema>,
+  options: { headers?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {},
+) {
+  let header: Headers | undefined;
+  let trailer: Headers | undefined;
+  try {
+    const res = await createClient(EchoService, transport).echo(request, { ...options, onHeader: (h) => (header = h), onTrailer: (t) => (trailer = t) });
+    return {
+      ok: true,
+      payload: Buffer.from(res.payload).toString("base64"),
+      correlationId: UUID_SHAPE.test(res.correlationId) ? "<uuid>" : res.correlationId,
+      header: normalizeHeaders(header),
+      trailer: normalizeHeaders(trailer),
+    };
+  } catch (e) {
+    const error = ConnectError.from(e);
+    return { ok: false, code: Code[error.code], message: error.rawMessage, metadata: normalizeHeaders(error.metadata) };
+  }
+}

@@ -5,6 +5,7 @@ import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EchoService } from "../../gen/orca/testing/v1/echo_pb.js";
+import { createOrcaClient } from "../../services/kit/clients/factory.js";
 import { OrcaServer, registration } from "../../services/kit/server/server.js";
 import { createLogger } from "../../services/kit/telemetry/logger.js";
 import { echoHandlers } from "../../services/kit/testing/echo.js";
@@ -75,6 +76,24 @@ describe("TLS 1.3 with client certificates and a SAN allowlist", () => {
   it("refuses a client without a certificate", async () => {
     // The TLS handshake fails (certificate required); the client reports it as an error.
     await expect(client().echo({})).rejects.toBeInstanceOf(ConnectError);
+  });
+
+  it("serves the kit's own client, on its unary path and through connect-node for streams, with its certificate", async () => {
+    const kitClient = (index?: number) =>
+      createOrcaClient(EchoService, {
+        baseUrl: `https://127.0.0.1:${port}`,
+        target: "tls-test",
+        breakerThreshold: 0,
+        maxAttempts: 1,
+        tls: { caFile: certs.caFile, ...(index === undefined ? {} : { certFile: certs.clients[index].cert, keyFile: certs.clients[index].key }) },
+      });
+    const allowed = kitClient(0);
+    expect((await allowed.echo({ payload: new Uint8Array([3]) })).payload).toEqual(new Uint8Array([3]));
+    const indexes: number[] = [];
+    for await (const message of allowed.echoStream({ payload: new Uint8Array([4]), repeat: 2 })) indexes.push(message.index);
+    expect(indexes).toEqual([0, 1]);
+    await expect(kitClient(1).echo({})).rejects.toBeInstanceOf(ConnectError);
+    await expect(kitClient().echo({})).rejects.toBeInstanceOf(ConnectError);
   });
 
   it("refuses TLS 1.2", async () => {

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import type { DescService } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel as IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { context as otelContext, propagation } from "@opentelemetry/api";
 import {
   ConsecutiveBreaker,
@@ -15,6 +15,7 @@ import {
   type RetryPolicy,
 } from "cockatiel";
 import { callScope, readCallScope } from "../call-scope.js";
+import { createFastGrpcTransport } from "./grpc-fast-transport.js";
 
 /**
  * Typed clients for the mesh's services, as the services themselves use them and as users'
@@ -39,6 +40,11 @@ export interface ClientOptions {
   breakerHalfOpenAfterMs?: number;
   tls?: { caFile?: string; certFile?: string; keyFile?: string };
   interceptors?: Interceptor[];
+  /**
+   * Unary gRPC calls on the kit's client path (grpc-fast-transport.ts, default) instead of
+   * connect-node's universal client; streaming calls and protocol "connect" use connect-node.
+   */
+  fastPath?: boolean;
 }
 
 const RETRYABLE = new Set<Code>([Code.Unavailable]);
@@ -108,9 +114,11 @@ export function createOrcaTransport(options: ClientOptions): Transport {
       }
     : undefined;
   const common = { baseUrl: options.baseUrl, interceptors, defaultTimeoutMs: options.defaultTimeoutMs ?? 5_000, nodeOptions };
-  return options.protocol === "connect"
-    ? createConnectTransport({ ...common, httpVersion: "2" })
-    : createGrpcTransport(common);
+  if (options.protocol === "connect") return createConnectTransport({ ...common, httpVersion: "2" });
+  if (options.fastPath === false) return createGrpcTransport(common);
+  // One connection per target, shared by both paths.
+  const sessionManager = new Http2SessionManager(options.baseUrl, {}, nodeOptions);
+  return createFastGrpcTransport({ ...common, sessionManager, streaming: createGrpcTransport({ ...common, sessionManager }) });
 }
 
 /** A typed client for one service at one address. */

@@ -24,6 +24,7 @@ import {
 import { contentTypeProto, grpcStatusOk, parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { CallRecord, CallTelemetry } from "../call-telemetry.js";
 import { invokeNext } from "../interceptors.js";
+import { envelope, incompleteEnvelope, tooLarge } from "../grpc-envelope.js";
 import { encodeGrpcMessage } from "./grpc-message.js";
 import { HeaderMap } from "./header-map.js";
 import { encodeInScratch } from "./scratch-encoding.js";
@@ -478,15 +479,6 @@ const CONTEXT_SIGNAL: PropertyDescriptor = {
   configurable: true,
 };
 
-/** A gRPC envelope in a pooled Buffer (small typed arrays of their own are costly to allocate). */
-function envelope(data: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(5 + data.byteLength);
-  out[0] = 0;
-  out.writeUInt32BE(data.byteLength, 1);
-  out.set(data, 5);
-  return out;
-}
-
 /** What connect's invokeUnaryImplementation does when an interceptor returns other Headers. */
 function copyHeaders(from: Headers, to: HeaderMap): void {
   if (from === to) return;
@@ -509,7 +501,4 @@ function checkRest(bytes: Buffer, offset: number, readMaxBytes: number): void {
 }
 
 const deadlineExceeded = () => new ConnectError("the operation timed out", Code.DeadlineExceeded);
-const incompleteEnvelope = () => new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
 const extraMessage = () => new ConnectError("protocol error: received extra input message for unary method", Code.Unimplemented);
-const tooLarge = (size: number, readMaxBytes: number) =>
-  new ConnectError(`message size ${size} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
