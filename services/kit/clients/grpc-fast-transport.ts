@@ -70,9 +70,9 @@ export function createFastGrpcTransport(options: FastGrpcTransportOptions): Tran
       const call = new ClientCall(signal, timeout);
       const requestHeader = new HeaderMap();
       if (header !== undefined) {
-        const entries: Iterable<[string, string]> =
-          header instanceof Headers || typeof (header as Headers).forEach === "function" ? (header as Headers).entries() : Array.isArray(header) ? (header as [string, string][]) : Object.entries(header);
-        for (const [key, value] of entries) requestHeader.append(key, value);
+        // HeadersInit: Headers (or any object with its methods), [name, value] pairs, or a record.
+        const entries = typeof (header as Headers).entries === "function" ? (header as Headers).entries() : Array.isArray(header) ? header : Object.entries(header);
+        for (const [key, value] of entries as Iterable<[string, string]>) requestHeader.append(key, value);
       }
       requestHeader.set("content-type", contentTypeProto);
       if (!requestHeader.has("user-agent")) requestHeader.set("user-agent", USER_AGENT);
@@ -227,12 +227,12 @@ class Attempt {
       } catch (error) {
         return this.settle(ConnectError.from(error, Code.Internal));
       }
-      const url = new URL(this.req.url);
+      const url = parsedUrl(this.req.url);
       if (url.origin !== this.sessions.authority) {
         return this.settle(new ConnectError(`cannot make a request to ${url.origin}: the http2 session is connected to ${this.sessions.authority}`, Code.Internal));
       }
       const headers = (this.req.header as HeaderMap).toNode({});
-      this.sessions.request("POST", url.pathname, headers, {}).then(
+      this.sessions.request("POST", url.path, headers, {}).then(
         (stream) => this.attach(stream, body),
         (error: unknown) => this.settle(fromNodeError(error)),
       );
@@ -290,9 +290,11 @@ class Attempt {
     } catch (error) {
       return this.settle(ConnectError.from(error));
     }
-    if (this.error && this.trailer === undefined && !header.has("grpc-status")) return this.settle(this.error);
-    const resetError = this.trailer === undefined && !header.has("grpc-status") ? fromResetCode(stream.rstCode) : undefined;
-    if (resetError) return this.settle(resetError);
+    // No status anywhere: the stream broke off; say why if we know.
+    if (this.trailer === undefined && !header.has("grpc-status")) {
+      const broken = this.error ?? fromResetCode(stream.rstCode);
+      if (broken) return this.settle(broken);
+    }
     let data: Uint8Array | undefined;
     let compressed = false;
     try {
@@ -349,6 +351,21 @@ class Attempt {
     this.call.leave(this);
     this.reject(error);
   }
+}
+
+/**
+ * Origin and path of a method URL, parsed once per URL (one per method and target; an
+ * interceptor that rewrites req.url adds its own) instead of once per call.
+ */
+const parsedUrls = new Map<string, { origin: string; path: string }>();
+function parsedUrl(url: string): { origin: string; path: string } {
+  let parsed = parsedUrls.get(url);
+  if (parsed === undefined) {
+    const { origin, pathname, search } = new URL(url);
+    parsed = { origin, path: pathname + search };
+    if (parsedUrls.size < 10_000) parsedUrls.set(url, parsed);
+  }
+  return parsed;
 }
 
 // RST_STREAM codes (RFC 9113 section 7).
